@@ -1,0 +1,324 @@
+"""The `storywire` command. Each subcommand builds Settings, opens the store and does one job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from bot.config import Settings, SettingsError, load_settings
+
+log = logging.getLogger("storywire")
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request URL at INFO, and Bot API URLs carry the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The engine for DATABASE_URL with the schema migrated to head."""
+    from store.db import make_engine
+    from store.migrate import upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- feeds ------------------------------------------------------------------------------------
+
+
+def cmd_feeds_add(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.feeds.urls import validate_feed_url
+    from store.db import session_scope
+    from store.feeds import FeedExists, add_feed
+
+    try:
+        url = validate_feed_url(args.url)
+    except ValueError as exc:
+        raise CommandError(f"invalid feed URL {args.url!r}: {exc}") from None
+    engine = open_engine(settings)
+    try:
+        with session_scope(engine) as session:
+            feed = add_feed(url, session=session, name=args.name, now=_now())
+            print(f"added feed {feed.id}: {url}")
+    except FeedExists:
+        raise CommandError(f"feed already registered: {url}") from None
+    return 0
+
+
+def cmd_feeds_list(settings: Settings, args: argparse.Namespace) -> int:
+    from store.db import session_scope
+    from store.feeds import list_feeds_with_counts
+
+    engine = open_engine(settings)
+    with session_scope(engine) as session:
+        rows = list_feeds_with_counts(session=session)
+    if not rows:
+        print("no feeds yet: add one with `storywire feeds add URL`")
+        return 0
+    table = [("ID", "STATUS", "LAST SUCCESS", "ARTICLES", "FAILS", "NAME / URL", "ERROR")]
+    for row in rows:
+        f = row.feed
+        last = f.last_success_at.strftime("%Y-%m-%d %H:%M") if f.last_success_at else "never"
+        label = f"{f.name or f.title or ''} {f.url}".strip()
+        table.append(
+            (
+                str(f.id),
+                f.status,
+                last,
+                str(row.article_count),
+                str(f.consecutive_failures),
+                label,
+                (f.last_error or "")[:60],
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+def cmd_feeds_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from store.db import session_scope
+    from store.feeds import find_feed, remove_feed
+
+    engine = open_engine(settings)
+    with session_scope(engine) as session:
+        feed = find_feed(args.feed, session=session)
+        if feed is None:
+            raise CommandError(f"no feed with id or URL {args.feed!r}")
+        remove_feed(feed, session=session)
+        print(f"removed feed {feed.id}: {feed.url}")
+    return 0
+
+
+def cmd_feeds_import(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.feeds.opml import FeedListError, read_feed_list
+    from bot.feeds.urls import validate_feed_url
+    from store.db import session_scope
+    from store.feeds import add_feed, feed_ids_by_url
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        entries = read_feed_list(data)
+    except FeedListError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    engine = open_engine(settings)
+    added = existing = invalid = 0
+    with session_scope(engine) as session:
+        known = feed_ids_by_url(session=session)
+        for entry in entries:
+            where = f"{path}:{entry.line}" if entry.line else str(path)
+            try:
+                url = validate_feed_url(entry.url)
+            except ValueError as exc:
+                print(f"{where}: skipped {entry.url!r}: {exc}", file=sys.stderr)
+                invalid += 1
+                continue
+            if url in known:
+                existing += 1
+                continue
+            feed = add_feed(url, session=session, name=entry.title, now=_now())
+            known[url] = feed.id  # type: ignore[assignment]
+            added += 1
+    print(f"imported {added} feeds ({existing} already present, {invalid} invalid)")
+    return 1 if invalid and not added and not existing else 0
+
+
+def cmd_feeds_export(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.feeds.opml import write_opml
+    from store.db import session_scope
+    from store.feeds import list_feeds
+
+    engine = open_engine(settings)
+    with session_scope(engine) as session:
+        pairs = [(f.url, f.name or f.title) for f in list_feeds(session=session)]
+    text = write_opml(pairs)
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"exported {len(pairs)} feeds to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --- polling ----------------------------------------------------------------------------------
+
+
+def poll_policy(settings: Settings):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from bot.feeds.fetch import FetchLimits
+    from bot.feeds.poller import PollPolicy
+
+    return PollPolicy(
+        interval=timedelta(seconds=settings.poll_interval_seconds),
+        concurrency=settings.poll_concurrency,
+        per_host_concurrency=settings.poll_per_host_concurrency,
+        failure_limit=settings.feed_failure_limit,
+        limits=FetchLimits(
+            timeout=settings.http_timeout_seconds,
+            max_bytes=settings.max_feed_bytes,
+            max_redirects=settings.max_redirects,
+            user_agent=settings.user_agent,
+        ),
+    )
+
+
+async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> int:
+    from tqdm import tqdm
+
+    from bot.feeds.fetch import make_http_client
+    from bot.feeds.poller import FeedPoller
+
+    policy = poll_policy(settings)
+    bar: tqdm | None = None
+
+    def on_start(total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="feed", file=sys.stderr, disable=not progress)
+
+    def on_done(_outcome: object) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    async with make_http_client(policy.limits) as client:
+        poller = FeedPoller(engine, client, policy)
+        summary = await poller.poll_due(on_start=on_start, on_feed_done=on_done)
+    if bar is not None:
+        bar.close()
+    if summary.skipped_lease:
+        raise CommandError("another Storywire process is polling right now; try again later")
+    assigned = await asyncio.to_thread(assign_pending_stories, settings, engine)
+    print(summary.line() + f", {assigned} articles matched to stories")
+    for outcome in summary.disabled:
+        print(f"disabled feed {outcome.feed_id} ({outcome.url}): {outcome.error}", file=sys.stderr)
+    return 0
+
+
+def assign_pending_stories(settings: Settings, engine: Engine) -> int:
+    """Match every stored article that has no story yet; returns how many were matched."""
+    from bot.stories.service import StoryService
+
+    service = StoryService.open(engine, window_hours=settings.story_window_hours)
+    return service.assign_pending()
+
+
+def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
+    engine = open_engine(settings)
+    if args.once:
+        return asyncio.run(_poll_once(settings, engine, progress=not args.quiet))
+    raise CommandError("continuous polling runs inside `storywire run`; use `poll --once` here")
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from store.migrate import current_revision
+
+    engine = open_engine(settings)
+    print(f"database at revision {current_revision(engine)}")
+    return 0
+
+
+def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.stories.cluster import run_cluster
+
+    return run_cluster(
+        Path(args.input),
+        output=args.output,
+        database_url=args.database,
+        window_hours=settings.story_window_hours,
+        progress=not args.quiet,
+    )
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="storywire", description="Follow news stories, not feeds, in Telegram."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    feeds = sub.add_parser("feeds", help="manage the feeds Storywire polls")
+    fsub = feeds.add_subparsers(dest="feeds_command", required=True, metavar="ACTION")
+    p = fsub.add_parser("add", help="register a feed URL")
+    p.add_argument("url")
+    p.add_argument("--name", help="outlet name shown in digests")
+    p.set_defaults(func=cmd_feeds_add)
+    fsub.add_parser("list", help="table of feeds with status").set_defaults(func=cmd_feeds_list)
+    p = fsub.add_parser("remove", help="remove a feed by id or URL")
+    p.add_argument("feed")
+    p.set_defaults(func=cmd_feeds_remove)
+    p = fsub.add_parser("import", help="import an OPML file or a plain list of URLs")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_feeds_import)
+    p = fsub.add_parser("export", help="export feeds as OPML")
+    p.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    p.set_defaults(func=cmd_feeds_export)
+
+    p = sub.add_parser("poll", help="poll due feeds and match new articles to stories")
+    p.add_argument("--once", action="store_true", help="one pass over the due feeds, then exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_poll)
+
+    db = sub.add_parser("db", help="database maintenance")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("cluster", help="assign stories to articles in a JSONL file (offline)")
+    p.add_argument("input", help="JSONL with id, title, published[, summary, source, url]")
+    p.add_argument("-o", "--output", default="-", help="JSONL to write (default stdout)")
+    p.add_argument("--database", help="database URL to keep (default: in memory)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cluster)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"storywire: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return int(args.func(settings, args) or 0)
+    except CommandError as exc:
+        print(f"storywire: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

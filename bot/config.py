@@ -1,0 +1,132 @@
+"""Settings for the whole process, read from the environment and `.env`.
+
+Built once in `main()` and passed down; nothing reads `os.environ` elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_API_BASE_URL = "https://api.telegram.org"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+class Settings(BaseSettings):
+    """Every knob Storywire has. `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = DEFAULT_API_BASE_URL
+    webhook_url: str | None = None
+    webhook_listen: str = "127.0.0.1"
+    webhook_port: int = Field(default=8443, ge=1, le=65535)
+    webhook_secret_token: SecretStr | None = None
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+
+    poll_interval_seconds: int = Field(default=900, ge=30, le=86400)
+    poll_concurrency: int = Field(default=20, ge=1, le=500)
+    poll_per_host_concurrency: int = Field(default=4, ge=1, le=100)
+    http_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    max_feed_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    feed_failure_limit: int = Field(default=12, ge=1, le=1000)
+    user_agent: str = "Storywire/0.1 (+https://github.com/storywire/storywire)"
+
+    story_window_hours: int = Field(default=48, ge=1, le=24 * 30)
+    digest_quiet_minutes: int = Field(default=10, ge=0, le=24 * 60)
+    digest_max_wait_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    group_digest_size: int = Field(default=5, ge=1, le=20)
+    default_timezone: str = "UTC"
+
+    log_level: str = "INFO"
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
+            try:
+                return frozenset(int(p) for p in parts)
+            except ValueError as exc:
+                raise ValueError("expected comma-separated Telegram user ids") from exc
+        return value
+
+    @field_validator("telegram_api_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _check_tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL, or a SQLite file in the data directory (created on first use)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'storywire.db').as_posix()}"
+
+    @property
+    def bot_api_base_url(self) -> str:
+        """PTB wants the URL that the token is appended to."""
+        return f"{self.telegram_api_base_url}/bot"
+
+    @property
+    def bot_file_base_url(self) -> str:
+        return f"{self.telegram_api_base_url}/file/bot"
+
+    def require_token(self) -> str:
+        if self.telegram_bot_token is None or not self.telegram_bot_token.get_secret_value():
+            raise SettingsError(
+                "TELEGRAM_BOT_TOKEN is not set: get one from @BotFather and put it in .env"
+            )
+        token = self.telegram_bot_token.get_secret_value().strip()
+        if ":" not in token:
+            raise SettingsError("TELEGRAM_BOT_TOKEN is malformed: expected '<bot id>:<secret>'")
+        return token
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings or raise SettingsError with one line naming the bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "_".join(str(p) for p in first.get("loc", ())).upper() or "settings"
+        raise SettingsError(f"setting {name} is invalid: {first.get('msg', 'bad value')}") from None

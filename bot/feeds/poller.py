@@ -1,0 +1,321 @@
+"""Polls due feeds with bounded concurrency and records every outcome.
+
+The database holds the schedule (`next_poll_at`); a pass asks it for due feeds, fetches each with a
+global and a per-host limit, parses the bytes, stores new articles and the feed's new state. One
+feed's failure only moves that feed's schedule back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bot.feeds.fetch import FetchLimits, FetchOutcome, FetchResult, fetch_feed
+from bot.feeds.parse import NotAFeed, ParsedFeed, parse_feed
+from store.articles import NewArticle, insert_articles
+from store.db import session_scope
+from store.feeds import due_feeds, find_feed, get_feed
+from store.leases import acquire_lease, release_lease
+from store.models import Feed, FeedStatus
+
+__all__ = ["FeedPoller", "PollPolicy", "PollSummary", "FeedOutcome", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+POLLER_LEASE = "poller"
+MAX_BACKOFF = timedelta(hours=24)
+LEASE_TTL = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    interval: timedelta = timedelta(minutes=15)
+    concurrency: int = 20
+    per_host_concurrency: int = 4
+    failure_limit: int = 12
+    limits: FetchLimits = field(default_factory=FetchLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedOutcome:
+    feed_id: int
+    url: str
+    outcome: str  # a FetchOutcome value, or "not_a_feed"
+    new_articles: int
+    error: str | None
+    disabled: bool
+
+
+@dataclass(slots=True)
+class PollSummary:
+    feeds: int = 0
+    ok: int = 0
+    not_modified: int = 0
+    failed: int = 0
+    new_articles: int = 0
+    disabled: list[FeedOutcome] = field(default_factory=list)
+    elapsed: float = 0.0
+    skipped_lease: bool = False
+
+    def line(self) -> str:
+        return (
+            f"polled {self.feeds} feeds in {self.elapsed:.1f}s: {self.ok} updated, "
+            f"{self.not_modified} not modified, {self.failed} failed, "
+            f"{self.new_articles} new articles, {len(self.disabled)} disabled"
+        )
+
+
+def backoff_delay(interval: timedelta, failures: int) -> timedelta:
+    """Exponential backoff per feed: interval * 2**(failures-1), capped at 24 h."""
+    if failures <= 0:
+        return interval
+    return min(interval * (2 ** min(failures - 1, 16)), max(MAX_BACKOFF, interval))
+
+
+@dataclass(frozen=True, slots=True)
+class _FeedJob:
+    id: int
+    url: str
+    name: str | None
+    etag: str | None
+    last_modified: str | None
+
+
+def _holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FeedPoller:
+    """One pass over the due feeds. Safe to run twice: a DB lease keeps a second poller out."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: httpx.AsyncClient,
+        policy: PollPolicy,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        holder: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._policy = policy
+        self._clock = clock
+        self._holder = holder or _holder_id()
+        self._write_lock = asyncio.Lock()
+        self._host_limits: dict[str, asyncio.Semaphore] = {}
+
+    async def poll_due(
+        self,
+        *,
+        on_start: Callable[[int], None] | None = None,
+        on_feed_done: Callable[[FeedOutcome], None] | None = None,
+    ) -> PollSummary:
+        """Poll every due feed once and return a summary."""
+        summary = PollSummary()
+        started = asyncio.get_running_loop().time()
+        now = self._clock()
+        got = await asyncio.to_thread(
+            acquire_lease, self._engine, POLLER_LEASE, self._holder, ttl=LEASE_TTL, now=now
+        )
+        if not got:
+            log.info("another poller holds the lease; skipping this pass")
+            summary.skipped_lease = True
+            return summary
+        try:
+            jobs = await asyncio.to_thread(self._load_due, now)
+            if on_start is not None:
+                on_start(len(jobs))
+            summary.feeds = len(jobs)
+            gate = asyncio.Semaphore(self._policy.concurrency)
+
+            async def run(job: _FeedJob) -> None:
+                async with gate, self._host_gate(job.url):
+                    outcome = await self._poll_one(job)
+                self._count(summary, outcome)
+                if on_feed_done is not None:
+                    on_feed_done(outcome)
+
+            async with asyncio.TaskGroup() as tg:
+                for job in jobs:
+                    tg.create_task(run(job))
+        finally:
+            await asyncio.to_thread(release_lease, self._engine, POLLER_LEASE, self._holder)
+        summary.elapsed = asyncio.get_running_loop().time() - started
+        return summary
+
+    def _host_gate(self, url: str) -> asyncio.Semaphore:
+        host = (urlsplit(url).hostname or "").lower()
+        gate = self._host_limits.get(host)
+        if gate is None:
+            gate = self._host_limits[host] = asyncio.Semaphore(self._policy.per_host_concurrency)
+        return gate
+
+    @staticmethod
+    def _count(summary: PollSummary, outcome: FeedOutcome) -> None:
+        summary.new_articles += outcome.new_articles
+        if outcome.outcome == FetchOutcome.OK.value:
+            summary.ok += 1
+        elif outcome.outcome == FetchOutcome.NOT_MODIFIED.value:
+            summary.not_modified += 1
+        else:
+            summary.failed += 1
+        if outcome.disabled:
+            summary.disabled.append(outcome)
+
+    def _load_due(self, now: datetime) -> list[_FeedJob]:
+        with session_scope(self._engine) as session:
+            return [
+                _FeedJob(f.id, f.url, f.name, f.etag, f.last_modified)  # type: ignore[arg-type]
+                for f in due_feeds(session=session, now=now)
+            ]
+
+    async def _poll_one(self, job: _FeedJob) -> FeedOutcome:
+        result = await fetch_feed(
+            self._client,
+            job.url,
+            etag=job.etag,
+            last_modified=job.last_modified,
+            limits=self._policy.limits,
+        )
+        parsed: ParsedFeed | None = None
+        parse_error: str | None = None
+        fetched_at = self._clock()
+        if result.outcome is FetchOutcome.OK and result.body is not None:
+            try:
+                parsed = await asyncio.to_thread(
+                    parse_feed,
+                    result.body,
+                    url=result.final_url,
+                    content_type=result.content_type,
+                    fetched_at=fetched_at,
+                )
+            except NotAFeed as exc:
+                parse_error = str(exc)
+        async with self._write_lock:
+            return await asyncio.to_thread(
+                self._record, job, result, parsed, parse_error, fetched_at
+            )
+
+    def _record(
+        self,
+        job: _FeedJob,
+        result: FetchResult,
+        parsed: ParsedFeed | None,
+        parse_error: str | None,
+        now: datetime,
+    ) -> FeedOutcome:
+        policy = self._policy
+        with session_scope(self._engine) as session:
+            feed = get_feed(job.id, session=session)
+            if feed is None:  # removed while we were fetching
+                return FeedOutcome(job.id, job.url, "removed", 0, None, False)
+            feed.last_polled_at = now
+            new_ids: list[int] = []
+            outcome = result.outcome.value
+            error = result.error
+            if result.permanent_url and result.permanent_url != feed.url:
+                self._move_url(feed, result.permanent_url, session=session)
+            if result.outcome is FetchOutcome.OK and parsed is not None:
+                source = feed.name or parsed.title or (urlsplit(feed.url).hostname or feed.url)
+                new_ids = insert_articles(
+                    feed.id,
+                    [
+                        NewArticle(
+                            entry_key=e.entry_key,
+                            canonical_url=e.url or None,
+                            url=e.url or None,
+                            title=e.title,
+                            summary=e.summary,
+                            source=source,
+                            author=e.author,
+                            published_at=e.published,
+                        )
+                        for e in parsed.entries
+                    ],
+                    session=session,
+                    fetched_at=now,
+                )
+                if parsed.title:
+                    feed.title = parsed.title[:500]
+                if parsed.site_url:
+                    feed.site_url = parsed.site_url[:2048]
+                feed.etag = result.etag
+                feed.last_modified = result.last_modified
+                self._succeeded(feed, now)
+                for warning in parsed.warnings[:1]:
+                    log.info("feed %s (%s) parsed with a warning: %s", feed.id, feed.url, warning)
+            elif result.outcome is FetchOutcome.NOT_MODIFIED:
+                self._succeeded(feed, now)
+            elif result.outcome is FetchOutcome.GONE:
+                self._disable(
+                    feed, f"the server says the feed is gone ({result.error or 'HTTP 410'})"
+                )
+            else:
+                if parse_error is not None:
+                    outcome, error = "not_a_feed", parse_error
+                delay = None
+                if result.outcome is FetchOutcome.RATE_LIMITED and result.retry_after is not None:
+                    delay = max(result.retry_after, policy.interval)
+                self._failed(feed, error or outcome, now, delay)
+            disabled = feed.status == FeedStatus.DISABLED
+            session.add(feed)
+            if error and outcome not in (FetchOutcome.OK.value, FetchOutcome.NOT_MODIFIED.value):
+                log.warning(
+                    "feed %s (%s) failed (%d in a row): %s",
+                    feed.id,
+                    feed.url,
+                    feed.consecutive_failures,
+                    error,
+                )
+            return FeedOutcome(job.id, feed.url, outcome, len(new_ids), error, disabled)
+
+    def _succeeded(self, feed: Feed, now: datetime) -> None:
+        feed.last_success_at = now
+        feed.consecutive_failures = 0
+        feed.last_error = None
+        feed.next_poll_at = now + self._policy.interval
+
+    def _failed(self, feed: Feed, error: str, now: datetime, delay: timedelta | None) -> None:
+        feed.consecutive_failures += 1
+        feed.last_error = error[:500]
+        if feed.consecutive_failures >= self._policy.failure_limit:
+            self._disable(
+                feed, f"{feed.consecutive_failures} failures in a row, last: {error}"[:500]
+            )
+            return
+        feed.next_poll_at = now + (
+            delay or backoff_delay(self._policy.interval, feed.consecutive_failures)
+        )
+
+    @staticmethod
+    def _disable(feed: Feed, reason: str) -> None:
+        feed.status = FeedStatus.DISABLED
+        feed.disabled_reason = reason[:500]
+        feed.last_error = reason[:500]
+        feed.next_poll_at = None
+        log.warning("feed %s (%s) disabled: %s", feed.id, feed.url, reason)
+
+    @staticmethod
+    def _move_url(feed: Feed, new_url: str, *, session: Session) -> None:
+        other = find_feed(new_url, session=session)
+        if other is not None and other.id != feed.id:
+            log.warning(
+                "feed %s moved permanently to %s, which is already feed %s; keeping the old URL",
+                feed.id,
+                new_url,
+                other.id,
+            )
+            return
+        log.info("feed %s moved permanently: %s -> %s", feed.id, feed.url, new_url)
+        feed.url = new_url[:2048]

@@ -1,0 +1,145 @@
+"""Runs the StoryMatcher over stored articles and persists the stories it forms.
+
+Articles are stored first with no story; `assign_pending` then matches them in arrival order. A crash
+between the two leaves articles unmatched, never lost: the next pass picks them up. The matcher's
+memory is rebuilt from the database at start by replaying the recent window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bot.stories.matcher import ArticleText, MatcherConfig, StoryMatcher, StorySnapshot
+from store.articles import articles_since, unassigned_articles
+from store.db import session_scope
+from store.models import Article, Story
+from store.stories import create_story, get_story, update_story
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoryAssignment:
+    article_id: int
+    story_id: int
+    is_new_story: bool
+
+
+def article_text(article: Article) -> ArticleText:
+    return ArticleText(
+        title=article.title,
+        published=article.published_at,
+        summary=article.summary or "",
+        source=article.source or "",
+    )
+
+
+class StoryService:
+    """The one place where articles become stories, for the poller and `storywire cluster` alike."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        matcher: StoryMatcher,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._matcher = matcher
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        engine: Engine,
+        *,
+        window_hours: int = 48,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> StoryService:
+        """A service whose matcher holds the stories active in the window, rebuilt from the DB."""
+        config = MatcherConfig(window=timedelta(hours=window_hours))
+        service = cls(engine, StoryMatcher(config), clock=clock)
+        service.rebuild()
+        return service
+
+    @property
+    def matcher(self) -> StoryMatcher:
+        return self._matcher
+
+    def rebuild(self) -> int:
+        """Replay the recent window of assigned articles into a fresh matcher."""
+        config = self._matcher.config
+        matcher = StoryMatcher(config)
+        with session_scope(self._engine) as session:
+            latest = session.execute(
+                sa.select(sa.func.max(Article.published_at)).where(
+                    Article.story_id.is_not(None)  # type: ignore[union-attr]
+                )
+            ).scalar_one_or_none()
+            count = 0
+            if latest is not None:
+                if latest.tzinfo is None:
+                    latest = latest.replace(tzinfo=UTC)
+                for article in articles_since(session=session, since=latest - config.window):
+                    matcher.add(article.story_id, article_text(article))  # type: ignore[arg-type]
+                    count += 1
+        self._matcher = matcher
+        log.info(
+            "story matcher rebuilt: %d articles, %d active stories", count, matcher.active_count
+        )
+        return count
+
+    def assign_pending(self, *, batch_size: int = 500) -> int:
+        """Match every unassigned article; returns how many were matched."""
+        total = 0
+        while True:
+            done = self.assign_batch(batch_size=batch_size)
+            total += len(done)
+            if len(done) < batch_size:
+                return total
+
+    def assign_batch(self, *, batch_size: int = 500) -> list[StoryAssignment]:
+        """Match up to `batch_size` unassigned articles in one transaction."""
+        try:
+            with session_scope(self._engine) as session:
+                articles = unassigned_articles(session=session, limit=batch_size)
+                return [self._assign(article, session=session) for article in articles]
+        except Exception:
+            # The transaction rolled back but the matcher's memory moved on: make them agree again.
+            log.exception("story assignment failed; rebuilding the matcher from the database")
+            self.rebuild()
+            raise
+
+    def _assign(self, article: Article, *, session: Session) -> StoryAssignment:
+        text = article_text(article)
+        now = self._clock()
+        found = self._matcher.match(text)
+        story: Story | None = None
+        if found is not None:
+            story = get_story(found[0], session=session)
+        is_new = story is None
+        if story is None:
+            story = create_story(
+                session=session, headline=article.title, published_at=article.published_at, now=now
+            )
+        snapshot: StorySnapshot = self._matcher.add(story.id, text)  # type: ignore[arg-type]
+        update_story(
+            story,
+            session=session,
+            headline=snapshot.headline,
+            article_count=snapshot.article_count,
+            source_count=snapshot.source_count,
+            first_published_at=snapshot.first_published,
+            last_published_at=snapshot.last_published,
+            now=now,
+        )
+        article.story_id = story.id
+        session.add(article)
+        return StoryAssignment(article.id, story.id, is_new)  # type: ignore[arg-type]

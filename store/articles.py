@@ -1,0 +1,120 @@
+"""Article queries. Inserts lean on the unique constraints (feed+entry key, canonical URL), so the
+same entry polled twice, or the same URL seen in two feeds, is stored once even under a race."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from store.models import Article
+
+
+@dataclass(frozen=True, slots=True)
+class NewArticle:
+    entry_key: str
+    canonical_url: str | None
+    url: str | None
+    title: str
+    summary: str
+    source: str
+    author: str
+    published_at: datetime
+
+
+def _insert_ignoring_duplicates(dialect: str):  # type: ignore[no-untyped-def]
+    table = Article.__table__
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"unsupported database dialect {dialect}")
+
+
+def insert_articles(
+    feed_id: int | None,
+    articles: Sequence[NewArticle],
+    *,
+    session: Session,
+    fetched_at: datetime,
+) -> list[int]:
+    """Insert what is new; return the ids of the rows actually inserted, in input order."""
+    if not articles:
+        return []
+    dialect = session.get_bind().dialect.name
+    rows = [
+        {
+            "feed_id": feed_id,
+            "entry_key": a.entry_key[:1024],
+            "canonical_url": a.canonical_url[:2048] if a.canonical_url else None,
+            "url": a.url[:2048] if a.url else None,
+            "title": a.title[:500],
+            "summary": a.summary,
+            "source": a.source[:200],
+            "author": a.author[:200],
+            "published_at": a.published_at,
+            "fetched_at": fetched_at,
+        }
+        for a in articles
+    ]
+    table = Article.__table__
+    inserted: dict[str, int] = {}
+    # One row per statement keeps RETURNING unambiguous when a batch holds internal duplicates.
+    stmt = _insert_ignoring_duplicates(dialect).returning(table.c.id, table.c.entry_key)
+    for row in rows:
+        got = session.execute(stmt, row).first()
+        if got is not None:
+            inserted[got.entry_key] = got.id
+    return [inserted[r["entry_key"]] for r in rows if r["entry_key"] in inserted]
+
+
+def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Article]:
+    """Articles not yet matched to a story, in arrival order."""
+    return session.exec(
+        select(Article)
+        .where(col(Article.story_id).is_(None))
+        .order_by(col(Article.id))
+        .limit(limit)
+    ).all()
+
+
+def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
+    """Assigned articles published since `since`, in published order (to rebuild the matcher)."""
+    return session.exec(
+        select(Article)
+        .where(col(Article.story_id).is_not(None))
+        .where(col(Article.published_at) >= since)
+        .order_by(col(Article.published_at), col(Article.id))
+    ).all()
+
+
+def story_articles(
+    story_id: int, *, session: Session, after_id: int = 0, limit: int | None = None
+) -> Sequence[Article]:
+    """A story's articles with id > after_id, oldest first."""
+    stmt = (
+        select(Article)
+        .where(Article.story_id == story_id)
+        .where(col(Article.id) > after_id)
+        .order_by(col(Article.id))
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return session.exec(stmt).all()
+
+
+def latest_story_articles(story_id: int, *, session: Session, limit: int = 10) -> Sequence[Article]:
+    return session.exec(
+        select(Article)
+        .where(Article.story_id == story_id)
+        .order_by(col(Article.published_at).desc(), col(Article.id).desc())
+        .limit(limit)
+    ).all()
+
+
+def count_articles(*, session: Session) -> int:
+    return int(session.execute(sa.select(sa.func.count()).select_from(Article)).scalar_one())

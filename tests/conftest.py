@@ -1,0 +1,60 @@
+"""Shared fixtures: a migrated database on SQLite always, and on PostgreSQL when configured."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from store.db import make_engine
+from store.migrate import upgrade
+
+PG_URL = os.environ.get("STORYWIRE_TEST_DATABASE_URL")
+DB_KINDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
+
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def _pg_engine_in_fresh_schema() -> tuple[Engine, Engine, str]:
+    assert PG_URL
+    admin = make_engine(PG_URL)
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    engine = make_engine(f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}")
+    return admin, engine, schema
+
+
+@pytest.fixture(params=DB_KINDS)
+def db_engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+    """A migrated, empty database: a SQLite file, or a throwaway PostgreSQL schema."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'storywire.db'}")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+        return
+    admin, engine, schema = _pg_engine_in_fresh_schema()
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'storywire.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()

@@ -1,0 +1,118 @@
+"""The schema, its migrations and the dedup constraints, on every configured database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from store.articles import NewArticle, insert_articles
+from store.db import session_scope
+from store.feeds import FeedExists, add_feed, due_feeds
+from store.leases import acquire_lease, lease_holder, release_lease
+from store.migrate import current_revision, upgrade
+from store.models import Article, Feed
+from tests.conftest import T0
+
+
+def _article(key: str, url: str | None) -> NewArticle:
+    return NewArticle(
+        entry_key=key,
+        canonical_url=url,
+        url=url,
+        title=f"Title {key}",
+        summary="",
+        source="Outlet",
+        author="",
+        published_at=T0,
+    )
+
+
+def test_migrations_match_the_models(db_engine):
+    with db_engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(ctx, SQLModel.metadata) == []
+
+
+def test_upgrade_twice_is_a_no_op(db_engine):
+    upgrade(db_engine)
+    assert current_revision(db_engine) is not None
+
+
+def test_datetimes_round_trip_as_aware_utc(db_engine):
+    with session_scope(db_engine) as session:
+        feed = add_feed("https://example.org/feed", session=session, now=T0)
+        feed_id = feed.id
+    with session_scope(db_engine) as session:
+        stored = session.get(Feed, feed_id)
+        assert stored.created_at == T0
+        assert stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_same_entry_polled_twice_is_stored_once(db_engine):
+    with session_scope(db_engine) as session:
+        feed = add_feed("https://example.org/feed", session=session, now=T0)
+        first = insert_articles(feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0)
+        again = insert_articles(feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0)
+    assert len(first) == 1
+    assert again == []
+
+
+def test_same_url_in_two_feeds_is_one_article(db_engine):
+    with session_scope(db_engine) as session:
+        one = add_feed("https://one.example/feed", session=session, now=T0)
+        two = add_feed("https://two.example/feed", session=session, now=T0)
+        insert_articles(one.id, [_article("k1", "https://x/story")], session=session, fetched_at=T0)
+        got = insert_articles(
+            two.id, [_article("k2", "https://x/story")], session=session, fetched_at=T0
+        )
+        count = session.execute(sa.select(sa.func.count()).select_from(Article)).scalar_one()
+    assert got == []
+    assert count == 1
+
+
+def test_entries_without_links_are_kept_apart(db_engine):
+    with session_scope(db_engine) as session:
+        feed = add_feed("https://example.org/feed", session=session, now=T0)
+        got = insert_articles(
+            feed.id, [_article("a", None), _article("b", None)], session=session, fetched_at=T0
+        )
+    assert len(got) == 2
+
+
+def test_duplicate_feed_url_is_refused(db_engine):
+    with session_scope(db_engine) as session:
+        add_feed("https://example.org/feed", session=session, now=T0)
+    with pytest.raises(FeedExists), session_scope(db_engine) as session:
+        add_feed("https://example.org/feed", session=session, now=T0)
+
+
+def test_due_feeds_skips_future_and_disabled(db_engine):
+    with session_scope(db_engine) as session:
+        due = add_feed("https://a.example/feed", session=session, now=T0)
+        later = add_feed("https://b.example/feed", session=session, now=T0)
+        later.next_poll_at = T0 + timedelta(hours=1)
+        off = add_feed("https://c.example/feed", session=session, now=T0)
+        off.status = "disabled"
+    with session_scope(db_engine) as session:
+        assert [f.id for f in due_feeds(session=session, now=T0)] == [due.id]
+
+
+def test_lease_is_exclusive_until_it_expires(db_engine):
+    ttl = timedelta(minutes=5)
+    assert acquire_lease(db_engine, "poller", "a", ttl=ttl, now=T0)
+    assert not acquire_lease(db_engine, "poller", "b", ttl=ttl, now=T0 + timedelta(minutes=1))
+    assert acquire_lease(db_engine, "poller", "a", ttl=ttl, now=T0 + timedelta(minutes=2))
+    assert lease_holder(db_engine, "poller", now=T0 + timedelta(minutes=3)) == "a"
+    assert acquire_lease(db_engine, "poller", "b", ttl=ttl, now=T0 + timedelta(minutes=8))
+
+
+def test_released_lease_is_free(db_engine):
+    ttl = timedelta(minutes=5)
+    assert acquire_lease(db_engine, "sender", "a", ttl=ttl, now=T0)
+    release_lease(db_engine, "sender", "a")
+    assert acquire_lease(db_engine, "sender", "b", ttl=ttl, now=T0)
