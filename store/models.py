@@ -198,6 +198,7 @@ class TopicFollow(SQLModel, table=True):
 class OutboxStatus:
     PENDING = "pending"
     SENT = "sent"
+    PARKED = "parked"  # the chat blocked the bot or left; resumes when the chat comes back
     DEAD = "dead"  # Telegram refused it for good (chat gone, message invalid even as plain text)
 
 

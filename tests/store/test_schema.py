@@ -56,8 +56,12 @@ def test_datetimes_round_trip_as_aware_utc(db_engine):
 def test_same_entry_polled_twice_is_stored_once(db_engine):
     with session_scope(db_engine) as session:
         feed = add_feed("https://example.org/feed", session=session, now=T0)
-        first = insert_articles(feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0)
-        again = insert_articles(feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0)
+        first = insert_articles(
+            feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0
+        )
+        again = insert_articles(
+            feed.id, [_article("a", "https://x/1")], session=session, fetched_at=T0
+        )
     assert len(first) == 1
     assert again == []
 

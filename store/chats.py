@@ -1,0 +1,152 @@
+"""Chat queries: first contact, status changes, group migration, digest settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from store.models import Chat, ChatStatus, Follow, OutboxMessage, OutboxStatus, TopicFollow
+
+
+def get_chat(chat_id: int, *, session: Session) -> Chat | None:
+    return session.get(Chat, chat_id)
+
+
+def upsert_chat(
+    chat_id: int,
+    *,
+    session: Session,
+    type: str,
+    title: str | None,
+    username: str | None,
+    now: datetime,
+    default_timezone: str = "UTC",
+    reactivate: bool = True,
+) -> Chat:
+    """Record a chat on first contact; later contacts refresh its names (and undo a block)."""
+    chat = session.get(Chat, chat_id)
+    if chat is None:
+        chat = Chat(
+            id=chat_id,
+            type=type,
+            title=title,
+            username=username,
+            timezone=default_timezone,
+            created_at=now,
+            updated_at=now,
+        )
+    else:
+        chat.type = type
+        chat.title = title
+        chat.username = username
+        if reactivate and chat.status in (ChatStatus.BLOCKED, ChatStatus.LEFT):
+            chat.status = ChatStatus.ACTIVE
+        chat.updated_at = now
+    session.add(chat)
+    session.flush()
+    return chat
+
+
+def set_chat_status(chat_id: int, status: str, *, session: Session, now: datetime) -> None:
+    chat = session.get(Chat, chat_id)
+    if chat is not None and chat.status != status:
+        chat.status = status
+        chat.updated_at = now
+        session.add(chat)
+
+
+def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -> Chat | None:
+    """Move a group's settings, follows, topics and unsent messages to its supergroup id.
+
+    Idempotent: Telegram announces a migration in both chats, and a send may discover it too.
+    """
+    old = session.get(Chat, old_id)
+    new = session.get(Chat, new_id)
+    if old is None:
+        return new
+    if new is None:
+        new = Chat(
+            id=new_id,
+            type="supergroup",
+            title=old.title,
+            username=old.username,
+            timezone=old.timezone,
+            digest_enabled=old.digest_enabled,
+            digest_time=old.digest_time,
+            next_digest_at=old.next_digest_at,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(new)
+        session.flush()
+    taken_stories = set(session.exec(select(Follow.story_id).where(Follow.chat_id == new_id)).all())
+    for follow in session.exec(select(Follow).where(Follow.chat_id == old_id)).all():
+        if follow.story_id in taken_stories:
+            session.delete(follow)
+        else:
+            follow.chat_id = new_id
+            session.add(follow)
+    taken_topics = set(
+        session.exec(select(TopicFollow.query_key).where(TopicFollow.chat_id == new_id)).all()
+    )
+    for topic in session.exec(select(TopicFollow).where(TopicFollow.chat_id == old_id)).all():
+        if topic.query_key in taken_topics:
+            session.delete(topic)
+        else:
+            topic.chat_id = new_id
+            session.add(topic)
+    session.execute(
+        sa.update(OutboxMessage)
+        .where(col(OutboxMessage.chat_id) == old_id)
+        .where(col(OutboxMessage.status) == OutboxStatus.PENDING)
+        .values(chat_id=new_id)
+    )
+    old.status = ChatStatus.MIGRATED
+    old.migrated_to_chat_id = new_id
+    old.digest_enabled = False
+    old.next_digest_at = None
+    old.updated_at = now
+    session.add(old)
+    session.flush()
+    return new
+
+
+def set_digest(
+    chat: Chat,
+    *,
+    session: Session,
+    enabled: bool,
+    time_hhmm: str | None,
+    next_at: datetime | None,
+    now: datetime,
+) -> None:
+    chat.digest_enabled = enabled
+    if time_hhmm is not None:
+        chat.digest_time = time_hhmm
+    chat.next_digest_at = next_at if enabled else None
+    chat.updated_at = now
+    session.add(chat)
+
+
+def set_timezone(
+    chat: Chat, timezone: str, *, session: Session, next_at: datetime | None, now: datetime
+) -> None:
+    chat.timezone = timezone
+    if chat.digest_enabled:
+        chat.next_digest_at = next_at
+    chat.updated_at = now
+    session.add(chat)
+
+
+def chats_due_for_group_digest(*, session: Session, now: datetime) -> Sequence[Chat]:
+    return session.exec(
+        select(Chat)
+        .where(col(Chat.digest_enabled).is_(True))
+        .where(Chat.status == ChatStatus.ACTIVE)
+        .where(col(Chat.next_digest_at).is_not(None))
+        .where(col(Chat.next_digest_at) <= now)
+        .order_by(col(Chat.next_digest_at))
+    ).all()

@@ -1,0 +1,167 @@
+"""Follows of stories and topics, and the query that finds follows with unsent articles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from store.models import Article, Chat, ChatStatus, Follow, Story, TopicFollow
+
+
+def follow_story(
+    chat_id: int,
+    story_id: int,
+    *,
+    session: Session,
+    now: datetime,
+    topic_id: int | None = None,
+    from_article_id: int = 0,
+) -> tuple[Follow, bool]:
+    """Follow a story; returns (follow, created). Articles with id > from_article_id are unsent."""
+    existing = session.exec(
+        select(Follow).where(Follow.chat_id == chat_id).where(Follow.story_id == story_id)
+    ).first()
+    if existing is not None:
+        return existing, False
+    follow = Follow(
+        chat_id=chat_id,
+        story_id=story_id,
+        topic_id=topic_id,
+        last_digested_article_id=from_article_id,
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(follow)
+            session.flush()
+    except IntegrityError:  # a concurrent follow of the same story won the race
+        again = session.exec(
+            select(Follow).where(Follow.chat_id == chat_id).where(Follow.story_id == story_id)
+        ).one()
+        return again, False
+    return follow, True
+
+
+def unfollow_story(chat_id: int, story_id: int, *, session: Session) -> bool:
+    result = session.execute(
+        sa.delete(Follow)
+        .where(col(Follow.chat_id) == chat_id)
+        .where(col(Follow.story_id) == story_id)
+    )
+    return bool(result.rowcount)
+
+
+def get_follow(chat_id: int, story_id: int, *, session: Session) -> Follow | None:
+    return session.exec(
+        select(Follow).where(Follow.chat_id == chat_id).where(Follow.story_id == story_id)
+    ).first()
+
+
+def chat_follows(chat_id: int, *, session: Session) -> Sequence[tuple[Follow, Story]]:
+    return session.exec(
+        select(Follow, Story)
+        .join(Story, col(Story.id) == col(Follow.story_id))
+        .where(Follow.chat_id == chat_id)
+        .order_by(col(Story.last_published_at).desc())
+    ).all()
+
+
+def story_followers(story_id: int, *, session: Session) -> Sequence[int]:
+    return session.exec(select(Follow.chat_id).where(Follow.story_id == story_id)).all()
+
+
+def mute_follow(follow: Follow, until: datetime | None, *, session: Session) -> None:
+    follow.muted_until = until
+    session.add(follow)
+
+
+def add_topic(
+    chat_id: int, query: str, query_key: str, *, session: Session, now: datetime
+) -> tuple[TopicFollow, bool]:
+    existing = session.exec(
+        select(TopicFollow)
+        .where(TopicFollow.chat_id == chat_id)
+        .where(TopicFollow.query_key == query_key)
+    ).first()
+    if existing is not None:
+        return existing, False
+    topic = TopicFollow(chat_id=chat_id, query=query, query_key=query_key, created_at=now)
+    session.add(topic)
+    session.flush()
+    return topic, True
+
+
+def remove_topic(chat_id: int, query_key: str, *, session: Session) -> bool:
+    result = session.execute(
+        sa.delete(TopicFollow)
+        .where(col(TopicFollow.chat_id) == chat_id)
+        .where(col(TopicFollow.query_key) == query_key)
+    )
+    return bool(result.rowcount)
+
+
+def chat_topics(chat_id: int, *, session: Session) -> Sequence[TopicFollow]:
+    return session.exec(
+        select(TopicFollow).where(TopicFollow.chat_id == chat_id).order_by(col(TopicFollow.id))
+    ).all()
+
+
+def active_topics(*, session: Session) -> Sequence[TopicFollow]:
+    """Topics of chats that still receive messages."""
+    return session.exec(
+        select(TopicFollow)
+        .join(Chat, col(Chat.id) == col(TopicFollow.chat_id))
+        .where(Chat.status == ChatStatus.ACTIVE)
+    ).all()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFollow:
+    follow_id: int
+    chat_id: int
+    story_id: int
+    last_digested_article_id: int
+    newest_article_id: int
+    unsent: int
+    first_unsent_at: datetime
+    last_unsent_at: datetime
+
+
+def pending_follows(*, session: Session, now: datetime) -> list[PendingFollow]:
+    """Follows of active, unmuted chats whose story has articles they have not been sent."""
+    stmt = (
+        sa.select(
+            Follow.id,
+            Follow.chat_id,
+            Follow.story_id,
+            Follow.last_digested_article_id,
+            sa.func.max(Article.id),
+            sa.func.count(Article.id),
+            sa.func.min(Article.fetched_at),
+            sa.func.max(Article.fetched_at),
+        )
+        .join(Article, col(Article.story_id) == col(Follow.story_id))
+        .join(Chat, col(Chat.id) == col(Follow.chat_id))
+        .where(col(Article.id) > col(Follow.last_digested_article_id))
+        .where(Chat.status == ChatStatus.ACTIVE)
+        .where(sa.or_(col(Follow.muted_until).is_(None), col(Follow.muted_until) <= now))
+        .group_by(Follow.id, Follow.chat_id, Follow.story_id, Follow.last_digested_article_id)
+    )
+    return [PendingFollow(*row) for row in session.execute(stmt).all()]
+
+
+def advance_follow(follow_id: int, newest_article_id: int, *, session: Session) -> bool:
+    """Record that articles up to `newest_article_id` were digested. Conditional, so a second
+    scheduler running the same tick cannot advance (and enqueue) twice."""
+    result = session.execute(
+        sa.update(Follow)
+        .where(col(Follow.id) == follow_id)
+        .where(col(Follow.last_digested_article_id) < newest_article_id)
+        .values(last_digested_article_id=newest_article_id)
+    )
+    return bool(result.rowcount)
