@@ -171,31 +171,11 @@ def cmd_feeds_export(settings: Settings, args: argparse.Namespace) -> int:
 # --- polling ----------------------------------------------------------------------------------
 
 
-def poll_policy(settings: Settings):  # type: ignore[no-untyped-def]
-    from datetime import timedelta
-
-    from bot.feeds.fetch import FetchLimits
-    from bot.feeds.poller import PollPolicy
-
-    return PollPolicy(
-        interval=timedelta(seconds=settings.poll_interval_seconds),
-        concurrency=settings.poll_concurrency,
-        per_host_concurrency=settings.poll_per_host_concurrency,
-        failure_limit=settings.feed_failure_limit,
-        limits=FetchLimits(
-            timeout=settings.http_timeout_seconds,
-            max_bytes=settings.max_feed_bytes,
-            max_redirects=settings.max_redirects,
-            user_agent=settings.user_agent,
-        ),
-    )
-
-
 async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> int:
     from tqdm import tqdm
 
     from bot.feeds.fetch import make_http_client
-    from bot.feeds.poller import FeedPoller
+    from bot.feeds.poller import FeedPoller, poll_policy
 
     policy = poll_policy(settings)
     bar: tqdm | None = None
@@ -227,7 +207,7 @@ def assign_pending_stories(settings: Settings, engine: Engine) -> int:
     from bot.stories.service import StoryService
 
     service = StoryService.open(engine, window_hours=settings.story_window_hours)
-    return service.assign_pending()
+    return len(service.assign_pending())
 
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
@@ -255,6 +235,21 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
         window_hours=settings.story_window_hours,
         progress=not args.quiet,
     )
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import run
+
+    settings.require_token()
+    open_engine(settings)
+    run(settings)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.demo import main as demo_main
+
+    return demo_main(settings)
 
 
 # --- wiring -----------------------------------------------------------------------------------
@@ -299,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cluster)
 
+    p = sub.add_parser("run", help="run the Telegram bot (needs TELEGRAM_BOT_TOKEN)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="offline demo on bundled feeds: prints the digests it sends")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -313,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return int(args.func(settings, args) or 0)
-    except CommandError as exc:
+    except (CommandError, SettingsError) as exc:
         print(f"storywire: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

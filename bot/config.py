@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     feed_failure_limit: int = Field(default=12, ge=1, le=1000)
     user_agent: str = "Storywire/0.1 (+https://github.com/storywire/storywire)"
 
+    poll_tick_seconds: float = Field(default=60, ge=0.05, le=3600)
+    delivery_tick_seconds: float = Field(default=5, ge=0.05, le=3600)
+    rate_limit_max_retries: int = Field(default=2, ge=0, le=10)
+
     story_window_hours: int = Field(default=48, ge=1, le=24 * 30)
     digest_quiet_minutes: int = Field(default=10, ge=0, le=24 * 60)
     digest_max_wait_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)

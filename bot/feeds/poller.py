@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from bot.config import Settings
 from bot.feeds.fetch import FetchLimits, FetchOutcome, FetchResult, fetch_feed
 from bot.feeds.parse import NotAFeed, ParsedFeed, parse_feed
 from store.articles import NewArticle, insert_articles
@@ -28,7 +29,7 @@ from store.feeds import due_feeds, find_feed, get_feed
 from store.leases import acquire_lease, release_lease
 from store.models import Feed, FeedStatus
 
-__all__ = ["FeedPoller", "PollPolicy", "PollSummary", "FeedOutcome", "backoff_delay"]
+__all__ = ["FeedPoller", "PollPolicy", "PollSummary", "FeedOutcome", "backoff_delay", "poll_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,22 @@ class PollSummary:
             f"{self.not_modified} not modified, {self.failed} failed, "
             f"{self.new_articles} new articles, {len(self.disabled)} disabled"
         )
+
+
+def poll_policy(settings: Settings) -> PollPolicy:
+    """The poller's policy from Settings."""
+    return PollPolicy(
+        interval=timedelta(seconds=settings.poll_interval_seconds),
+        concurrency=settings.poll_concurrency,
+        per_host_concurrency=settings.poll_per_host_concurrency,
+        failure_limit=settings.feed_failure_limit,
+        limits=FetchLimits(
+            timeout=settings.http_timeout_seconds,
+            max_bytes=settings.max_feed_bytes,
+            max_redirects=settings.max_redirects,
+            user_agent=settings.user_agent,
+        ),
+    )
 
 
 def backoff_delay(interval: timedelta, failures: int) -> timedelta:

@@ -96,14 +96,14 @@ class StoryService:
         )
         return count
 
-    def assign_pending(self, *, batch_size: int = 500) -> int:
-        """Match every unassigned article; returns how many were matched."""
-        total = 0
+    def assign_pending(self, *, batch_size: int = 500) -> list[StoryAssignment]:
+        """Match every unassigned article, in arrival order."""
+        done: list[StoryAssignment] = []
         while True:
-            done = self.assign_batch(batch_size=batch_size)
-            total += len(done)
-            if len(done) < batch_size:
-                return total
+            batch = self.assign_batch(batch_size=batch_size)
+            done.extend(batch)
+            if len(batch) < batch_size:
+                return done
 
     def assign_batch(self, *, batch_size: int = 500) -> list[StoryAssignment]:
         """Match up to `batch_size` unassigned articles in one transaction."""

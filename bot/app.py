@@ -1,0 +1,260 @@
+"""The composition root: `build_application(settings)` wires Telegram, the store and the jobs.
+
+Services are opened in `post_init` and closed in `post_shutdown`; handlers reach them through
+`context.services`. The JobQueue only ticks: the database holds every schedule, and every job is
+safe to run twice (leases keep a second poller or sender out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy.engine import Engine
+from telegram import BotCommand, LinkPreviewOptions, Update
+from telegram.constants import ParseMode
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackContext,
+    ContextTypes,
+    Defaults,
+    ExtBot,
+)
+
+from bot.config import Settings, SettingsError
+from bot.delivery import OutboxSender
+from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
+from bot.digests.schedule import Debounce
+from bot.feeds.fetch import make_http_client
+from bot.feeds.poller import FeedPoller, poll_policy
+from bot.following import follow_matching_topics
+from bot.stories.service import StoryService
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.outbox import OutgoingPart, enqueue
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("top", "today's top stories"),
+    BotCommand("follow", "follow a story id or keywords"),
+    BotCommand("following", "what this chat follows"),
+    BotCommand("unfollow", "stop following a story or keywords"),
+    BotCommand("story", "one story with its latest articles"),
+    BotCommand("search", "find stories by words"),
+    BotCommand("digest", "daily digest: on, off or HH:MM"),
+    BotCommand("timezone", "time zone for the daily digest"),
+    BotCommand("help", "what Storywire does"),
+]
+
+
+@dataclass
+class Services:
+    """Everything handlers and jobs need, built once per process."""
+
+    settings: Settings
+    engine: Engine
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    http: httpx.AsyncClient | None = None
+    stories: StoryService | None = None
+    sender: OutboxSender | None = None
+    digest_policy: DigestPolicy = field(default_factory=DigestPolicy)
+    poll_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+
+class StorywireContext(CallbackContext[ExtBot, dict, dict, dict]):
+    """`context.services` instead of string keys into bot_data."""
+
+    @property
+    def services(self) -> Services:
+        return self.bot_data["services"]
+
+
+def build_application(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Application:
+    """The PTB Application for `storywire run` (and for end-to-end tests, in process)."""
+    from handlers import register
+
+    token = settings.require_token()
+    application = (
+        ApplicationBuilder()
+        .token(token)
+        .base_url(settings.bot_api_base_url)
+        .base_file_url(settings.bot_file_base_url)
+        .defaults(
+            Defaults(
+                parse_mode=ParseMode.HTML,
+                link_preview_options=LinkPreviewOptions(is_disabled=True),
+            )
+        )
+        # Overall 30/s and 20/min per group; a RetryAfter is waited out and retried this many
+        # times here before the outbox reschedules the row itself.
+        .rate_limiter(AIORateLimiter(max_retries=settings.rate_limit_max_retries))
+        .context_types(ContextTypes(context=StorywireContext))
+        .post_init(_post_init)
+        .post_shutdown(_post_shutdown)
+        .build()
+    )
+    services = Services(
+        settings=settings,
+        engine=engine or make_engine(settings.resolved_database_url),
+        digest_policy=DigestPolicy(
+            debounce=Debounce(
+                quiet=timedelta(minutes=settings.digest_quiet_minutes),
+                max_wait=timedelta(minutes=settings.digest_max_wait_minutes),
+            ),
+            group_size=settings.group_digest_size,
+        ),
+    )
+    if clock is not None:
+        services.clock = clock
+    application.bot_data["services"] = services
+    register(application)
+    application.add_error_handler(_on_error)
+    jobs = application.job_queue
+    assert jobs is not None, "python-telegram-bot[job-queue] is required"
+    jobs.run_repeating(poll_tick, interval=settings.poll_tick_seconds, first=1, name="poll")
+    jobs.run_repeating(
+        delivery_tick, interval=settings.delivery_tick_seconds, first=1, name="delivery"
+    )
+    return application
+
+
+async def _post_init(application: Application) -> None:
+    services: Services = application.bot_data["services"]
+    await asyncio.to_thread(upgrade, services.engine)
+    services.http = make_http_client(poll_policy(services.settings).limits)
+    services.stories = await asyncio.to_thread(
+        StoryService.open,
+        services.engine,
+        window_hours=services.settings.story_window_hours,
+        clock=services.clock,
+    )
+    services.sender = OutboxSender(services.engine, application.bot, clock=services.clock)
+    await application.bot.set_my_commands(COMMANDS)
+    me = application.bot.username
+    log.info("Storywire is up as @%s", me)
+
+
+async def _post_shutdown(application: Application) -> None:
+    services: Services = application.bot_data["services"]
+    if services.sender is not None:
+        await services.sender.release()
+    if services.http is not None:
+        await services.http.aclose()
+    services.engine.dispose()
+
+
+async def poll_tick(context: StorywireContext) -> None:
+    """Poll due feeds, match new articles to stories, follow stories that match topics."""
+    services = context.services
+    if services.http is None or services.stories is None or services.poll_lock.locked():
+        return
+    async with services.poll_lock:
+        poller = FeedPoller(
+            services.engine, services.http, poll_policy(services.settings), clock=services.clock
+        )
+        summary = await poller.poll_due()
+        if summary.feeds:
+            log.info(summary.line())
+        await assign_and_notify(services)
+
+
+async def assign_and_notify(services: Services) -> int:
+    """Match unassigned articles; follow stories matching topics and tell those chats."""
+    assert services.stories is not None
+    assignments = await asyncio.to_thread(services.stories.assign_pending)
+    story_ids = sorted({a.story_id for a in assignments})
+    created = await asyncio.to_thread(
+        follow_matching_topics, services.engine, story_ids, now=services.now()
+    )
+    if created:
+        await asyncio.to_thread(_queue_topic_notices, services, created)
+    return len(assignments)
+
+
+def _queue_topic_notices(services: Services, created) -> None:  # type: ignore[no-untyped-def]
+    now = services.now()
+    with session_scope(services.engine) as session:
+        for chat_id, story, topic in created:
+            text = (
+                f"Now following <b>{html.escape(story.headline)}</b> because it matches "
+                f"“{html.escape(topic)}”. Updates will follow; /unfollow {story.id} to stop."
+            )
+            enqueue(
+                chat_id,
+                [OutgoingPart(text)],
+                session=session,
+                kind="notice",
+                story_id=story.id,
+                dedup_key=f"topic:{chat_id}:{story.id}",
+                now=now,
+            )
+
+
+async def delivery_tick(context: StorywireContext) -> None:
+    """Queue due digests, then drain the outbox."""
+    services = context.services
+    if services.sender is None:
+        return
+    now = services.now()
+    await asyncio.to_thread(
+        queue_story_digests, services.engine, now=now, policy=services.digest_policy
+    )
+    await asyncio.to_thread(
+        queue_group_digests, services.engine, now=now, policy=services.digest_policy
+    )
+    await services.sender.drain()
+
+
+async def _on_error(update: object, context: StorywireContext) -> None:
+    """Log with context; tell the user something short, never a traceback."""
+    chat_id = None
+    if isinstance(update, Update) and update.effective_chat is not None:
+        chat_id = update.effective_chat.id
+    log.error(
+        "error while handling an update (chat %s): %s",
+        chat_id,
+        context.error,
+        exc_info=context.error,
+    )
+    if isinstance(update, Update) and update.effective_message is not None:
+        try:
+            await update.effective_message.reply_text(
+                "Sorry, something went wrong on our side. Please try again in a minute."
+            )
+        except Exception:  # noqa: BLE001 - the error handler must never raise
+            log.warning("could not tell chat %s about the error", chat_id)
+
+
+def run(settings: Settings) -> None:
+    """`storywire run`: long polling, or a webhook when WEBHOOK_URL is set."""
+    application = build_application(settings)
+    if settings.webhook_url:
+        secret = settings.webhook_secret_token
+        if secret is None or not secret.get_secret_value():
+            raise SettingsError("WEBHOOK_SECRET_TOKEN is required when WEBHOOK_URL is set")
+        application.run_webhook(
+            listen=settings.webhook_listen,
+            port=settings.webhook_port,
+            url_path="telegram",
+            webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
+            secret_token=secret.get_secret_value(),
+            allowed_updates=Update.ALL_TYPES,
+        )
+    else:
+        application.run_polling(allowed_updates=Update.ALL_TYPES)

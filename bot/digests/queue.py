@@ -1,0 +1,196 @@
+"""Turns what is due into outbox rows, in the same transaction that records it as sent-to-queue.
+
+Follower digests: a follow whose story has unsent articles, once the debounce says so, gets one
+digest of exactly those articles, and its `last_digested_article_id` advances in the same commit.
+Group digests: a chat whose `next_digest_at` has come gets the top stories of the last 24 hours,
+and its next time moves on in the same commit. Running a tick twice queues nothing twice: the
+follow advance is conditional and every row has a unique dedup key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bot.digests.compose import (
+    DigestArticle,
+    StoryUpdate,
+    compose_group_digest,
+    compose_story_digest,
+)
+from bot.digests.render import render_group_digest, render_story_digest, story_buttons
+from bot.digests.schedule import Debounce, local_date, next_digest_at, parse_hhmm, parse_timezone
+from store.articles import latest_story_articles, story_articles
+from store.chats import chats_due_for_group_digest
+from store.db import session_scope
+from store.follows import PendingFollow, advance_follow, pending_follows
+from store.models import Article, Chat, Story
+from store.outbox import OutgoingPart, enqueue
+from store.stories import get_story, top_stories
+
+log = logging.getLogger(__name__)
+
+MAX_ARTICLES_PER_DIGEST = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DigestPolicy:
+    debounce: Debounce = field(default_factory=Debounce)
+    group_size: int = 5
+
+
+def keyboard_json(rows: Sequence[Sequence[tuple[str, str]]]) -> str:
+    """Plain (label, callback_data) rows as Telegram's InlineKeyboardMarkup JSON."""
+    return json.dumps(
+        {"inline_keyboard": [[{"text": t, "callback_data": d} for t, d in row] for row in rows]}
+    )
+
+
+def digest_article(article: Article) -> DigestArticle:
+    return DigestArticle(
+        article_id=article.id,  # type: ignore[arg-type]
+        title=article.title,
+        summary=article.summary or "",
+        url=article.url or "",
+        source=article.source or "",
+        published=article.published_at,
+    )
+
+
+def story_update(story: Story, articles: Sequence[Article]) -> StoryUpdate:
+    return StoryUpdate(
+        story_id=story.id,  # type: ignore[arg-type]
+        headline=story.headline,
+        total_articles=story.article_count,
+        new_articles=tuple(digest_article(a) for a in articles),
+    )
+
+
+def story_digest_parts(story: Story, articles: Sequence[Article]) -> list[OutgoingPart]:
+    """Rendered message parts for one story update; the buttons ride on the last part."""
+    chunks = render_story_digest(compose_story_digest(story_update(story, articles)))
+    markup = keyboard_json(story_buttons(story.id, following=True))  # type: ignore[arg-type]
+    return [
+        OutgoingPart(text, reply_markup=markup if i == len(chunks) - 1 else None)
+        for i, text in enumerate(chunks)
+    ]
+
+
+def queue_story_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) -> int:
+    """Queue a digest for every follow whose debounce has run out. Returns digests queued."""
+    with session_scope(engine) as session:
+        due = [
+            p
+            for p in pending_follows(session=session, now=now)
+            if policy.debounce.due(
+                first_unsent_at=p.first_unsent_at, last_unsent_at=p.last_unsent_at, now=now
+            )
+        ]
+    by_update: dict[tuple[int, int, int], list[PendingFollow]] = defaultdict(list)
+    for p in due:
+        by_update[(p.story_id, p.last_digested_article_id, p.newest_article_id)].append(p)
+    queued = 0
+    for (story_id, after_id, newest_id), follows in by_update.items():
+        with session_scope(engine) as session:
+            queued += _queue_one_update(session, story_id, after_id, newest_id, follows, now)
+    return queued
+
+
+def _queue_one_update(
+    session: Session,
+    story_id: int,
+    after_id: int,
+    newest_id: int,
+    follows: Sequence[PendingFollow],
+    now: datetime,
+) -> int:
+    story = get_story(story_id, session=session)
+    if story is None:
+        return 0
+    articles = [
+        a for a in story_articles(story_id, session=session, after_id=after_id) if a.id <= newest_id
+    ][-MAX_ARTICLES_PER_DIGEST:]
+    parts = story_digest_parts(story, articles)
+    queued = 0
+    for follow in follows:
+        if not advance_follow(follow.follow_id, newest_id, session=session):
+            continue  # another tick got there first
+        enqueue(
+            follow.chat_id,
+            parts,
+            session=session,
+            kind="story_digest",
+            story_id=story_id,
+            dedup_key=f"story:{follow.chat_id}:{story_id}:{newest_id}",
+            now=now,
+        )
+        queued += 1
+    return queued
+
+
+def group_digest_parts(
+    session: Session, *, now: datetime, size: int, title: str
+) -> list[OutgoingPart]:
+    stories = top_stories(session=session, since=now - timedelta(hours=24), limit=size)
+    if not stories:
+        return []
+    updates = [
+        story_update(s, list(reversed(latest_story_articles(s.id, session=session, limit=10))))  # type: ignore[arg-type]
+        for s in stories
+    ]
+    chunks = render_group_digest(compose_group_digest(updates), title=title)
+    return [OutgoingPart(text) for text in chunks]
+
+
+def queue_group_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) -> int:
+    """Queue the daily digest of every group whose local digest time has come."""
+    queued = 0
+    with session_scope(engine) as session:
+        chat_ids = [c.id for c in chats_due_for_group_digest(session=session, now=now)]
+    for chat_id in chat_ids:
+        with session_scope(engine) as session:
+            queued += _queue_group(session, chat_id, now=now, policy=policy)
+    return queued
+
+
+def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: DigestPolicy) -> int:
+    chat = session.get(Chat, chat_id)
+    if chat is None or not chat.digest_enabled or chat.next_digest_at is None:
+        return 0
+    if chat.next_digest_at > now:
+        return 0  # another tick already moved it on
+    try:
+        zone = parse_timezone(chat.timezone)
+        at = parse_hhmm(chat.digest_time or "08:00")
+    except ValueError:
+        log.warning(
+            "chat %s has a bad digest setting (%s %s); using UTC 08:00",
+            chat_id,
+            chat.timezone,
+            chat.digest_time,
+        )
+        zone, at = parse_timezone("UTC"), parse_hhmm("08:00")
+    day = local_date(chat.next_digest_at, zone)
+    title = f"Top stories — {day.strftime('%a %d %b %Y')}"
+    parts = group_digest_parts(session, now=now, size=policy.group_size, title=title)
+    queued = 0
+    if parts:
+        queued = enqueue(
+            chat_id,
+            parts,
+            session=session,
+            kind="group_digest",
+            dedup_key=f"group:{chat_id}:{day.isoformat()}",
+            now=now,
+        )
+        queued = 1 if queued else 0
+    chat.next_digest_at = next_digest_at(at, zone, after=now)
+    session.add(chat)
+    return queued

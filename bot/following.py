@@ -1,0 +1,350 @@
+"""What the chat commands do, as plain functions over the store (handlers only parse and reply).
+
+Each function opens its own transaction and returns plain data, so handlers can run it in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from rapidfuzz import fuzz, process
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from bot.digests.schedule import next_digest_at, parse_hhmm, parse_timezone
+from store.articles import latest_story_articles
+from store.chats import set_digest, set_timezone, upsert_chat
+from store.db import session_scope
+from store.follows import (
+    active_topics,
+    add_topic,
+    chat_follows,
+    chat_topics,
+    follow_story,
+    get_follow,
+    remove_topic,
+    unfollow_story,
+)
+from store.models import Article, Chat, Story
+from store.outbox import unpark_chat
+from store.stories import get_story, top_stories
+
+TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
+MAX_QUERY = 200
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "this",
+        "that",
+        "it",
+        "its",
+        "into",
+        "over",
+        "after",
+        "before",
+        "new",
+        "news",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoryCard:
+    id: int
+    headline: str
+    article_count: int
+    source_count: int
+    last_published_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ArticleLink:
+    title: str
+    url: str | None
+    source: str
+    published_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoryDetail:
+    card: StoryCard
+    latest: tuple[ArticleLink, ...]
+    following: bool
+
+
+def _card(story: Story) -> StoryCard:
+    return StoryCard(
+        story.id,  # type: ignore[arg-type]
+        story.headline,
+        story.article_count,
+        story.source_count,
+        story.last_published_at,
+    )
+
+
+def topic_key(text: str) -> str:
+    """Normalised topic words, sorted: 'Nara  Summit!' and 'summit nara' are one topic."""
+    words = [
+        w for w in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()) if w not in _STOP
+    ]
+    return " ".join(sorted(dict.fromkeys(words)))[:MAX_QUERY]
+
+
+def topic_matches(key: str, headline: str) -> bool:
+    if not key:
+        return False
+    return fuzz.token_set_ratio(key, topic_key(headline)) >= TOPIC_MATCH
+
+
+def record_chat(
+    engine: Engine,
+    chat_id: int,
+    *,
+    type: str,
+    title: str | None,
+    username: str | None,
+    now: datetime,
+    default_timezone: str,
+) -> None:
+    """First contact creates the chat; a chat that had blocked us and talks again resumes."""
+    with session_scope(engine) as session:
+        before = session.get(Chat, chat_id)
+        was_paused = before is not None and before.status != "active"
+        upsert_chat(
+            chat_id,
+            session=session,
+            type=type,
+            title=title,
+            username=username,
+            now=now,
+            default_timezone=default_timezone,
+        )
+        if was_paused:
+            unpark_chat(chat_id, session=session, now=now)
+
+
+def top(engine: Engine, *, now: datetime, limit: int) -> list[StoryCard]:
+    with session_scope(engine) as session:
+        return [
+            _card(s)
+            for s in top_stories(session=session, since=now - timedelta(hours=24), limit=limit)
+        ]
+
+
+def story_detail(
+    engine: Engine, story_id: int, *, chat_id: int, limit: int = 8
+) -> StoryDetail | None:
+    with session_scope(engine) as session:
+        story = get_story(story_id, session=session)
+        if story is None:
+            return None
+        latest = tuple(
+            ArticleLink(a.title, a.url, a.source, a.published_at)
+            for a in latest_story_articles(story_id, session=session, limit=limit)
+        )
+        following = get_follow(chat_id, story_id, session=session) is not None
+        return StoryDetail(_card(story), latest, following)
+
+
+def search(
+    engine: Engine, words: str, *, now: datetime, limit: int = 8, days: int = 7
+) -> list[StoryCard]:
+    """Stories of the last `days` whose headline matches the words, best first."""
+    key = topic_key(words)
+    if not key:
+        return []
+    with session_scope(engine) as session:
+        stories = session.exec(
+            select(Story)
+            .where(col(Story.last_published_at) >= now - timedelta(days=days))
+            .order_by(col(Story.last_published_at).desc())
+            .limit(20000)
+        ).all()
+        choices = {s.id: topic_key(s.headline) for s in stories}
+        ranked = process.extract(
+            key, choices, scorer=fuzz.token_set_ratio, limit=limit * 3, score_cutoff=60
+        )
+        by_id = {s.id: s for s in stories}
+        ordered = sorted(
+            ranked,
+            key=lambda r: (
+                -r[1],
+                -by_id[r[2]].source_count,
+                -by_id[r[2]].last_published_at.timestamp(),
+            ),
+        )
+        return [_card(by_id[r[2]]) for r in ordered[:limit]]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowResult:
+    story: StoryCard | None
+    created: bool
+    topic: str | None = None
+    matched_now: tuple[StoryCard, ...] = ()
+
+
+def follow_story_id(engine: Engine, chat_id: int, story_id: int, *, now: datetime) -> FollowResult:
+    """Follow a story from now on: articles already there are not sent again."""
+    with session_scope(engine) as session:
+        story = get_story(story_id, session=session)
+        if story is None:
+            return FollowResult(None, False)
+        newest = session.execute(
+            sa.select(sa.func.max(Article.id)).where(col(Article.story_id) == story_id)
+        ).scalar_one_or_none()
+        _, created = follow_story(
+            chat_id, story_id, session=session, now=now, from_article_id=newest or 0
+        )
+        return FollowResult(_card(story), created)
+
+
+def follow_topic(
+    engine: Engine, chat_id: int, words: str, *, now: datetime, days: int = 2
+) -> FollowResult:
+    """Follow keywords: current matching stories are listed, future ones followed automatically."""
+    key = topic_key(words)
+    if not key:
+        return FollowResult(None, False)
+    with session_scope(engine) as session:
+        _, created = add_topic(chat_id, words.strip()[:MAX_QUERY], key, session=session, now=now)
+    matches = tuple(
+        c
+        for c in search(engine, words, now=now, limit=5, days=days)
+        if topic_matches(key, c.headline)
+    )
+    return FollowResult(None, created, topic=words.strip()[:MAX_QUERY], matched_now=matches)
+
+
+def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
+    """Unfollow a story id or a topic; returns what was unfollowed, or None."""
+    with session_scope(engine) as session:
+        if target.isdigit():
+            story_id = int(target)
+            if unfollow_story(chat_id, story_id, session=session):
+                story = get_story(story_id, session=session)
+                return story.headline if story else f"story {story_id}"
+            return None
+        key = topic_key(target)
+        if key and remove_topic(chat_id, key, session=session):
+            return f"topic “{target.strip()}”"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Following:
+    stories: tuple[StoryCard, ...]
+    topics: tuple[str, ...]
+
+
+def following(engine: Engine, chat_id: int) -> Following:
+    with session_scope(engine) as session:
+        stories = tuple(_card(s) for _, s in chat_follows(chat_id, session=session))
+        topics = tuple(t.query for t in chat_topics(chat_id, session=session))
+    return Following(stories, topics)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSetting:
+    enabled: bool
+    time: str | None
+    timezone: str
+    next_at: datetime | None
+
+
+def digest_setting(engine: Engine, chat_id: int) -> DigestSetting | None:
+    with session_scope(engine) as session:
+        chat = session.get(Chat, chat_id)
+        if chat is None:
+            return None
+        return DigestSetting(
+            chat.digest_enabled, chat.digest_time, chat.timezone, chat.next_digest_at
+        )
+
+
+def change_digest(
+    engine: Engine, chat_id: int, *, enabled: bool, time_text: str | None, now: datetime
+) -> DigestSetting:
+    """Turn the daily digest on/off or set its local time (ValueError on a bad time)."""
+    at = parse_hhmm(time_text) if time_text is not None else None
+    with session_scope(engine) as session:
+        chat = session.get(Chat, chat_id)
+        if chat is None:
+            raise LookupError(chat_id)
+        hhmm = at.strftime("%H:%M") if at else (chat.digest_time or "08:00")
+        next_at = (
+            next_digest_at(parse_hhmm(hhmm), parse_timezone(chat.timezone), after=now)
+            if enabled
+            else None
+        )
+        set_digest(chat, session=session, enabled=enabled, time_hhmm=hhmm, next_at=next_at, now=now)
+        return DigestSetting(
+            chat.digest_enabled, chat.digest_time, chat.timezone, chat.next_digest_at
+        )
+
+
+def change_timezone(engine: Engine, chat_id: int, name: str, *, now: datetime) -> DigestSetting:
+    """Set the chat's time zone (ValueError on an unknown one); the next digest moves with it."""
+    zone = parse_timezone(name)
+    with session_scope(engine) as session:
+        chat = session.get(Chat, chat_id)
+        if chat is None:
+            raise LookupError(chat_id)
+        next_at = (
+            next_digest_at(parse_hhmm(chat.digest_time or "08:00"), zone, after=now)
+            if chat.digest_enabled
+            else None
+        )
+        set_timezone(chat, zone.key, session=session, next_at=next_at, now=now)
+        return DigestSetting(
+            chat.digest_enabled, chat.digest_time, chat.timezone, chat.next_digest_at
+        )
+
+
+def follow_matching_topics(
+    engine: Engine, story_ids: Sequence[int], *, now: datetime
+) -> list[tuple[int, StoryCard, str]]:
+    """Follow, for every topic that matches one of these stories, that story. Returns
+    (chat_id, story, topic) for each follow created, so the chat can be told."""
+    if not story_ids:
+        return []
+    created: list[tuple[int, StoryCard, str]] = []
+    with session_scope(engine) as session:
+        topics = active_topics(session=session)
+        if not topics:
+            return []
+        stories = session.exec(select(Story).where(col(Story.id).in_(list(story_ids)))).all()
+        for story in stories:
+            for topic in topics:
+                if topic_matches(topic.query_key, story.headline):
+                    _, new = follow_story(
+                        topic.chat_id, story.id, session=session, now=now, topic_id=topic.id
+                    )  # type: ignore[arg-type]
+                    if new:
+                        created.append((topic.chat_id, _card(story), topic.query))
+    return created

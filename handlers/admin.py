@@ -1,0 +1,98 @@
+"""Bot admins (ADMIN_USER_IDS): /addfeed, /removefeed, /feeds."""
+
+from __future__ import annotations
+
+from bot.feeds.urls import validate_feed_url
+from telegram import Update
+from telegram.ext import Application, CommandHandler
+
+from bot.app import StorywireContext
+from handlers.common import BadArgument, checked_argument, esc, is_bot_admin, reply, run_db
+from store.db import session_scope
+from store.feeds import FeedExists, add_feed, find_feed, list_feeds_with_counts, remove_feed
+
+NOT_ADMIN = "This command is for Storywire's operators."
+
+
+def _add(engine, url: str, now):  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return add_feed(url, session=session, now=now).id
+
+
+def _remove(engine, target: str):  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        feed = find_feed(target, session=session)
+        if feed is None:
+            return None
+        url = feed.url
+        remove_feed(feed, session=session)
+        return url
+
+
+def _list(engine):  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return list_feeds_with_counts(session=session)
+
+
+async def addfeed(update: Update, context: StorywireContext) -> None:
+    if not is_bot_admin(update, context):
+        await reply(update, NOT_ADMIN)
+        return
+    try:
+        raw = checked_argument(context, usage="Use /addfeed URL")
+        url = validate_feed_url(raw)
+    except BadArgument as exc:
+        await reply(update, str(exc))
+        return
+    except ValueError as exc:
+        await reply(update, f"That is not a feed URL: {esc(exc)}")
+        return
+    s = context.services
+    try:
+        feed_id = await run_db(_add, s.engine, url, s.now())
+    except FeedExists:
+        await reply(update, f"Already polling {esc(url)}.")
+        return
+    await reply(update, f"Added feed {feed_id}: {esc(url)}. It is polled on the next tick.")
+
+
+async def removefeed(update: Update, context: StorywireContext) -> None:
+    if not is_bot_admin(update, context):
+        await reply(update, NOT_ADMIN)
+        return
+    try:
+        target = checked_argument(context, usage="Use /removefeed ID (see /feeds)")
+    except BadArgument as exc:
+        await reply(update, str(exc))
+        return
+    url = await run_db(_remove, context.services.engine, target)
+    if url is None:
+        await reply(update, f"No feed {esc(target)}. See /feeds.")
+    else:
+        await reply(update, f"Removed {esc(url)}. Its articles stay in their stories.")
+
+
+async def feeds(update: Update, context: StorywireContext) -> None:
+    if not is_bot_admin(update, context):
+        await reply(update, NOT_ADMIN)
+        return
+    rows = await run_db(_list, context.services.engine)
+    if not rows:
+        await reply(update, "No feeds yet. Add one with /addfeed URL.")
+        return
+    lines = ["<b>Feeds</b>"]
+    for row in rows[:50]:
+        f = row.feed
+        status = f.status if not f.last_error else f"{f.status}, error: {f.last_error[:80]}"
+        lines.append(
+            f"{f.id}. {esc(f.display_name)[:80]} · {row.article_count} articles · {esc(status)}"
+        )
+    if len(rows) > 50:
+        lines.append(f"…and {len(rows) - 50} more (storywire feeds list shows all)")
+    await reply(update, "\n".join(lines))
+
+
+def register(application: Application) -> None:
+    application.add_handler(CommandHandler("addfeed", addfeed))
+    application.add_handler(CommandHandler("removefeed", removefeed))
+    application.add_handler(CommandHandler("feeds", feeds))

@@ -1,0 +1,77 @@
+"""Inline buttons. Callback data is `verb:story_id`; anything else is answered politely."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from telegram import Update
+from telegram.error import BadRequest
+from telegram.ext import Application, CallbackQueryHandler
+
+from bot import following as svc
+from bot.app import StorywireContext
+from handlers.common import esc, run_db
+from handlers.stories import story_keyboard, story_text
+from store.db import session_scope
+from store.follows import get_follow, mute_follow
+
+CALLBACK = re.compile(r"^(fol|unf|mute|story):(\d{1,12})$")
+MUTE_FOR = timedelta(hours=24)
+
+
+def _mute(engine, chat_id: int, story_id: int, until):  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        follow = get_follow(chat_id, story_id, session=session)
+        if follow is None:
+            return False
+        mute_follow(follow, until, session=session)
+        return True
+
+
+async def on_button(update: Update, context: StorywireContext) -> None:
+    query = update.callback_query
+    if query is None:
+        return
+    match = CALLBACK.match(query.data or "")
+    chat = update.effective_chat
+    if match is None or chat is None:
+        await query.answer("This button has expired.")
+        return
+    verb, story_id = match.group(1), int(match.group(2))
+    s = context.services
+    if verb == "fol":
+        result = await run_db(svc.follow_story_id, s.engine, chat.id, story_id, now=s.now())
+        if result.story is None:
+            await query.answer("That story is no longer available.")
+            return
+        await query.answer("Following" if result.created else "Already following")
+        if result.created and query.message is not None:
+            await context.bot.send_message(
+                chat.id,
+                f"Following <b>{esc(result.story.headline)}</b>. /unfollow {story_id} to stop.",
+            )
+        return
+    if verb == "unf":
+        done = await run_db(svc.unfollow, s.engine, chat.id, str(story_id))
+        await query.answer("Unfollowed" if done else "You were not following that story")
+        return
+    if verb == "mute":
+        ok = await run_db(_mute, s.engine, chat.id, story_id, s.now() + MUTE_FOR)
+        await query.answer("Muted for 24 hours" if ok else "You are not following that story")
+        return
+    detail = await run_db(svc.story_detail, s.engine, story_id, chat_id=chat.id)
+    if detail is None:
+        await query.answer("That story is no longer available.")
+        return
+    await query.answer()
+    try:
+        await context.bot.send_message(
+            chat.id, story_text(detail), reply_markup=story_keyboard(story_id, detail.following)
+        )
+    except BadRequest as exc:
+        await query.answer(f"Could not show the story: {exc.message}"[:190])
+
+
+def register(application: Application) -> None:
+    application.add_handler(CallbackQueryHandler(on_button))
