@@ -1,0 +1,146 @@
+"""What chat commands do to the store: follows, topics, search, digest settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import select
+
+from bot import following as svc
+from store.articles import NewArticle, insert_articles
+from store.db import session_scope
+from store.models import Article, Chat, Follow, OutboxMessage
+from store.outbox import OutgoingPart, enqueue, park_chat
+from store.stories import create_story
+from tests.conftest import T0
+
+CHAT = 5
+
+
+def _story(engine, headline: str, *, articles: int = 1, sources: int = 1, at=T0) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        story = create_story(session=session, headline=headline, published_at=at, now=at)
+        story.article_count, story.source_count = articles, sources
+        for i in range(articles):
+            [aid] = insert_articles(
+                None,
+                [
+                    NewArticle(
+                        f"{headline}-{i}", None, None, f"{headline} {i}", "", "Outlet", "", at
+                    )
+                ],
+                session=session,
+                fetched_at=at,
+            )
+            session.get(Article, aid).story_id = story.id
+        return story.id
+
+
+@pytest.fixture
+def engine(db_engine):  # type: ignore[no-untyped-def]
+    svc.record_chat(
+        db_engine, CHAT, type="private", title=None, username="u", now=T0, default_timezone="UTC"
+    )
+    return db_engine
+
+
+def test_topic_key_ignores_order_case_punctuation_and_stop_words():
+    assert svc.topic_key("The Nara  Summit!") == svc.topic_key("summit, nara")
+
+
+def test_topic_matches_headlines_containing_all_its_words():
+    key = svc.topic_key("Nara summit")
+    assert svc.topic_matches(key, "Lee's Nara Summit Reinforces Korea-Japan Ties")
+    assert not svc.topic_matches(key, "Summit of G20 leaders in Osaka")
+
+
+def test_follow_by_id_starts_after_existing_articles(engine):
+    story_id = _story(engine, "Storm hits coast", articles=3)
+    result = svc.follow_story_id(engine, CHAT, story_id, now=T0)
+    assert result.created and result.story.id == story_id
+    with session_scope(engine) as session:
+        follow = session.exec(select(Follow)).one()
+        newest = max(a.id for a in session.exec(select(Article)).all())
+        assert follow.last_digested_article_id == newest
+
+
+def test_follow_unknown_story_creates_nothing(engine):
+    assert svc.follow_story_id(engine, CHAT, 999, now=T0).story is None
+
+
+def test_unfollow_story_and_topic(engine):
+    story_id = _story(engine, "Storm hits coast")
+    svc.follow_story_id(engine, CHAT, story_id, now=T0)
+    svc.follow_topic(engine, CHAT, "Bitcoin exchange", now=T0)
+    assert svc.unfollow(engine, CHAT, str(story_id)) == "Storm hits coast"
+    assert svc.unfollow(engine, CHAT, "exchange bitcoin") is not None
+    assert svc.unfollow(engine, CHAT, "nothing here") is None
+    state = svc.following(engine, CHAT)
+    assert state.stories == () and state.topics == ()
+
+
+def test_search_ranks_matching_stories(engine):
+    _story(engine, "Mt. Gox bitcoin exchange files for bankruptcy", sources=5)
+    _story(engine, "Apple releases iOS 7.1", sources=9)
+    cards = svc.search(engine, "bitcoin bankruptcy", now=T0)
+    assert [c.headline for c in cards][:1] == ["Mt. Gox bitcoin exchange files for bankruptcy"]
+
+
+def test_search_of_only_stop_words_finds_nothing(engine):
+    _story(engine, "The news of the day")
+    assert svc.search(engine, "the of", now=T0) == []
+
+
+def test_topic_follow_follows_future_matching_stories(engine):
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    other = _story(engine, "Apple releases iOS 7.1")
+    match = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    created = svc.follow_matching_topics(engine, [other, match], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, match)]
+    assert svc.follow_matching_topics(engine, [match], now=T0) == []  # once only
+
+
+def test_top_ranks_by_sources_then_recency(engine):
+    _story(engine, "Old big story", sources=10, at=T0 - timedelta(hours=30))
+    small = _story(engine, "Small story", sources=2)
+    big = _story(engine, "Big story", sources=7)
+    assert [c.id for c in svc.top(engine, now=T0, limit=5)] == [big, small]
+
+
+def test_digest_on_schedules_the_next_local_time(engine):
+    svc.change_timezone(engine, CHAT, "Asia/Tokyo", now=T0)
+    setting = svc.change_digest(engine, CHAT, enabled=True, time_text="09:00", now=T0)
+    assert setting.time == "09:00" and setting.timezone == "Asia/Tokyo"
+    assert setting.next_at == datetime(2026, 3, 11, 0, 0, tzinfo=UTC)
+
+
+def test_digest_off_clears_the_schedule(engine):
+    svc.change_digest(engine, CHAT, enabled=True, time_text="09:00", now=T0)
+    setting = svc.change_digest(engine, CHAT, enabled=False, time_text=None, now=T0)
+    assert not setting.enabled and setting.next_at is None
+
+
+def test_changing_time_zone_moves_the_next_digest(engine):
+    svc.change_digest(engine, CHAT, enabled=True, time_text="09:00", now=T0)
+    setting = svc.change_timezone(engine, CHAT, "America/New_York", now=T0)
+    assert setting.next_at == datetime(2026, 3, 10, 13, 0, tzinfo=UTC)
+
+
+def test_bad_digest_time_changes_nothing(engine):
+    with pytest.raises(ValueError):
+        svc.change_digest(engine, CHAT, enabled=True, time_text="25:99", now=T0)
+    assert svc.digest_setting(engine, CHAT).enabled is False
+
+
+def test_a_blocked_chat_that_writes_again_resumes_its_queue(engine):
+    with session_scope(engine) as session:
+        enqueue(CHAT, [OutgoingPart("hi")], session=session, kind="notice", dedup_key="n", now=T0)
+        session.get(Chat, CHAT).status = "blocked"
+    park_chat(engine, CHAT, error="blocked")
+    svc.record_chat(
+        engine, CHAT, type="private", title=None, username="u", now=T0, default_timezone="UTC"
+    )
+    with session_scope(engine) as session:
+        assert session.get(Chat, CHAT).status == "active"
+        assert session.exec(select(OutboxMessage)).one().status == "pending"
