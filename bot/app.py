@@ -38,6 +38,7 @@ from bot.following import follow_matching_topics
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
+from store.models import Chat
 from store.outbox import OutgoingPart, enqueue
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ async def poll_tick(context: StorywireContext) -> None:
         summary = await poller.poll_due()
         if summary.feeds:
             log.info(summary.line())
+        if summary.disabled:
+            await asyncio.to_thread(_queue_feed_disabled_notices, services, summary.disabled)
         await assign_and_notify(services)
 
 
@@ -204,6 +207,29 @@ def _queue_topic_notices(services: Services, created) -> None:  # type: ignore[n
                 dedup_key=f"topic:{chat_id}:{story.id}",
                 now=now,
             )
+
+
+def _queue_feed_disabled_notices(services: Services, disabled) -> None:  # type: ignore[no-untyped-def]
+    """Tell the operators (ADMIN_USER_IDS who have talked to the bot) that a feed was switched off."""
+    now = services.now()
+    with session_scope(services.engine) as session:
+        admins = [a for a in services.settings.admin_user_ids if session.get(Chat, a) is not None]
+        for outcome in disabled:
+            text = (
+                f"Feed {outcome.feed_id} was disabled: {html.escape(outcome.url)}\n"
+                f"Reason: {html.escape(outcome.error or 'too many failures')}\n"
+                "Re-add it with /addfeed once it works again, or remove it with "
+                f"/removefeed {outcome.feed_id}."
+            )
+            for admin in admins:
+                enqueue(
+                    admin,
+                    [OutgoingPart(text)],
+                    session=session,
+                    kind="notice",
+                    dedup_key=f"feed-disabled:{outcome.feed_id}:{admin}:{now.date().isoformat()}",
+                    now=now,
+                )
 
 
 async def delivery_tick(context: StorywireContext) -> None:

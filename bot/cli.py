@@ -52,20 +52,23 @@ def _now() -> datetime:
 def cmd_feeds_add(settings: Settings, args: argparse.Namespace) -> int:
     from bot.feeds.urls import validate_feed_url
     from store.db import session_scope
-    from store.feeds import FeedExists, add_feed
+    from store.feeds import add_feed, enable_feed, find_feed
 
     try:
         url = validate_feed_url(args.url)
     except ValueError as exc:
         raise CommandError(f"invalid feed URL {args.url!r}: {exc}") from None
     engine = open_engine(settings)
-    try:
-        with session_scope(engine) as session:
+    with session_scope(engine) as session:
+        existing = find_feed(url, session=session)
+        if existing is None:
             feed = add_feed(url, session=session, name=args.name, now=_now())
             print(f"added feed {feed.id}: {url}")
-    except FeedExists:
-        raise CommandError(f"feed already registered: {url}") from None
-    return 0
+            return 0
+        if enable_feed(existing, session=session, now=_now()):
+            print(f"re-enabled feed {existing.id}: {url}")
+            return 0
+    raise CommandError(f"feed already registered: {url}")
 
 
 def cmd_feeds_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,14 +9,20 @@ from telegram.ext import Application, CommandHandler
 from bot.app import StorywireContext
 from handlers.common import BadArgument, checked_argument, esc, is_bot_admin, reply, run_db
 from store.db import session_scope
-from store.feeds import FeedExists, add_feed, find_feed, list_feeds_with_counts, remove_feed
+from store.feeds import add_feed, enable_feed, find_feed, list_feeds_with_counts, remove_feed
 
 NOT_ADMIN = "This command is for Storywire's operators."
 
 
-def _add(engine, url: str, now):  # type: ignore[no-untyped-def]
+def _add(engine, url: str, now) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Add the feed, or switch a disabled one back on; returns (id, what happened)."""
     with session_scope(engine) as session:
-        return add_feed(url, session=session, now=now).id
+        existing = find_feed(url, session=session)
+        if existing is None:
+            return add_feed(url, session=session, now=now).id, "added"  # type: ignore[return-value]
+        if enable_feed(existing, session=session, now=now):
+            return existing.id, "re-enabled"  # type: ignore[return-value]
+        return existing.id, "exists"  # type: ignore[return-value]
 
 
 def _remove(engine, target: str):  # type: ignore[no-untyped-def]
@@ -48,12 +54,11 @@ async def addfeed(update: Update, context: StorywireContext) -> None:
         await reply(update, f"That is not a feed URL: {esc(exc)}")
         return
     s = context.services
-    try:
-        feed_id = await run_db(_add, s.engine, url, s.now())
-    except FeedExists:
-        await reply(update, f"Already polling {esc(url)}.")
-        return
-    await reply(update, f"Added feed {feed_id}: {esc(url)}. It is polled on the next tick.")
+    feed_id, what = await run_db(_add, s.engine, url, s.now())
+    if what == "exists":
+        await reply(update, f"Already polling {esc(url)} (feed {feed_id}).")
+    else:
+        await reply(update, f"Feed {feed_id} {what}: {esc(url)}. It is polled on the next tick.")
 
 
 async def removefeed(update: Update, context: StorywireContext) -> None:

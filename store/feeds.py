@@ -26,6 +26,18 @@ def add_feed(url: str, *, session: Session, name: str | None = None, now: dateti
     return feed
 
 
+def enable_feed(feed: Feed, *, session: Session, now: datetime) -> bool:
+    """Switch a disabled feed back on, due at once. False if it was already active."""
+    if feed.status == FeedStatus.ACTIVE:
+        return False
+    feed.status = FeedStatus.ACTIVE
+    feed.consecutive_failures = 0
+    feed.disabled_reason = None
+    feed.next_poll_at = now
+    session.add(feed)
+    return True
+
+
 def get_feed(feed_id: int, *, session: Session) -> Feed | None:
     return session.get(Feed, feed_id)
 

@@ -146,7 +146,11 @@ def group_digest_parts(
         for s in stories
     ]
     chunks = render_group_digest(compose_group_digest(updates), title=title)
-    return [OutgoingPart(text) for text in chunks]
+    markup = keyboard_json([[(f"Follow #{s.id}", f"fol:{s.id}")] for s in stories])
+    return [
+        OutgoingPart(text, reply_markup=markup if i == len(chunks) - 1 else None)
+        for i, text in enumerate(chunks)
+    ]
 
 
 def queue_group_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) -> int:
