@@ -244,7 +244,7 @@ class FeedPoller:
             if result.permanent_url and result.permanent_url != feed.url:
                 self._move_url(feed, result.permanent_url, session=session)
             if result.outcome is FetchOutcome.OK and parsed is not None:
-                source = feed.name or parsed.title or (urlsplit(feed.url).hostname or feed.url)
+                feed_source = feed.name or parsed.title or (urlsplit(feed.url).hostname or feed.url)
                 new_ids = insert_articles(
                     feed.id,
                     [
@@ -254,7 +254,7 @@ class FeedPoller:
                             url=e.url or None,
                             title=e.title,
                             summary=e.summary,
-                            source=source,
+                            source=e.source or feed_source,
                             author=e.author,
                             published_at=e.published,
                         )

@@ -1,0 +1,193 @@
+"""Parsing fetched feed bytes into plain, cleaned entries.
+
+feedparser does the format and charset work (RSS 0.9x-2.0, RSS 1.0, Atom; HTTP and XML charset
+declarations, with fallbacks); it is always handed bytes, never a URL. Tags are stripped with the
+standard library's HTMLParser: all we need is the text, so a sanitiser or an HTML5 parser would be
+a large dependency for nothing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+
+import feedparser
+
+from bot.feeds.urls import canonical_url
+
+__all__ = ["NotAFeed", "ParsedEntry", "ParsedFeed", "clean_text", "parse_feed"]
+
+TITLE_LIMIT = 500
+SUMMARY_LIMIT = 1000
+FUTURE_SLACK = timedelta(hours=1)
+_SPACE = re.compile(r"\s+")
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*(<!doctype\s+html|<html)", re.I | re.S)
+
+
+class NotAFeed(ValueError):
+    """The bytes are not RSS or Atom (an HTML page, an error page, garbage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEntry:
+    entry_key: str
+    url: str
+    title: str
+    summary: str
+    published: datetime
+    author: str
+    source: str  # the outlet, when an aggregator feed names it (RSS <source>); else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str
+    site_url: str
+    entries: tuple[ParsedEntry, ...]
+    warnings: tuple[str, ...]
+    skipped: int
+
+
+class _TextExtractor(HTMLParser):
+    _SKIP = frozenset({"script", "style", "noscript", "template", "iframe", "object"})
+    _BREAKS = frozenset({"p", "br", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BREAKS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+        elif tag in self._BREAKS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit // 2:
+        head = head[:space]
+    return head.rstrip(" ,;:-") + "…"
+
+
+def clean_text(html_or_text: str, *, limit: int | None = None) -> str:
+    """Text without tags, entities unescaped, whitespace collapsed, optionally cut on a word."""
+    if not html_or_text:
+        return ""
+    if "<" in html_or_text or "&" in html_or_text:
+        parser = _TextExtractor()
+        parser.feed(html_or_text)
+        parser.close()
+        text = "".join(parser.parts)
+    else:
+        text = html_or_text
+    text = _SPACE.sub(" ", text.replace("\u00a0", " ")).strip()
+    return _cut(text, limit) if limit else text
+
+
+def _when(entry: feedparser.FeedParserDict, fetched_at: datetime) -> datetime:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if isinstance(value, time.struct_time):
+            try:
+                when = datetime.fromtimestamp(calendar.timegm(value), tz=UTC)
+            except (OverflowError, ValueError, OSError):
+                continue
+            return fetched_at if when > fetched_at + FUTURE_SLACK else when
+    return fetched_at
+
+
+def _entry_key(entry: feedparser.FeedParserDict, title: str, summary: str) -> str:
+    for key in ("id", "link"):
+        value = entry.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:1024]
+    stamp = entry.get("published") or entry.get("updated") or ""
+    basis = f"{title}\x1f{stamp}" if stamp else f"{title}\x1f{summary}"
+    return "sha1:" + hashlib.sha1(basis.encode("utf-8")).hexdigest()
+
+
+def _looks_like_html(body: bytes, content_type: str | None) -> bool:
+    if content_type and "html" in content_type.lower() and "xml" not in content_type.lower():
+        return True
+    return bool(_HTML_START.match(body[:2048]))
+
+
+def parse_feed(
+    body: bytes, *, url: str, content_type: str | None, fetched_at: datetime
+) -> ParsedFeed:
+    """Entries from feed bytes; a bozo feed yields what it can. Raises NotAFeed otherwise."""
+    headers = {"content-location": url}
+    if content_type:
+        headers["content-type"] = content_type
+    parsed = feedparser.parse(
+        body, response_headers=headers, sanitize_html=False, resolve_relative_uris=True
+    )
+    warnings: list[str] = []
+    if parsed.get("bozo"):
+        warnings.append(f"{type(parsed.bozo_exception).__name__}: {parsed.bozo_exception}"[:300])
+    if not parsed.entries and not parsed.get("version"):
+        if _looks_like_html(body, content_type):
+            raise NotAFeed("the URL served an HTML page, not RSS/Atom")
+        reason = warnings[0] if warnings else "no RSS or Atom elements found"
+        raise NotAFeed(f"not a feed: {reason}")
+    entries: list[ParsedEntry] = []
+    seen: set[str] = set()
+    skipped = 0
+    for entry in parsed.entries:
+        summary = clean_text(
+            entry.get("summary") or entry.get("description") or "", limit=SUMMARY_LIMIT
+        )
+        title = clean_text(entry.get("title") or "", limit=TITLE_LIMIT)
+        if not title:
+            title = _cut(summary, 120) if summary else ""
+        if not title:
+            skipped += 1
+            continue
+        key = _entry_key(entry, title, summary)
+        if key in seen:
+            continue
+        seen.add(key)
+        link = entry.get("link") or ""
+        link = canonical_url(link) if link.lower().startswith(("http://", "https://")) else ""
+        source = entry.get("source") or {}
+        entries.append(
+            ParsedEntry(
+                entry_key=key,
+                url=link,
+                title=title,
+                summary=summary,
+                published=_when(entry, fetched_at),
+                author=clean_text(entry.get("author") or "", limit=200),
+                source=clean_text(source.get("title") or "", limit=200)
+                if isinstance(source, dict)
+                else "",
+            )
+        )
+    feed = parsed.get("feed", {})
+    return ParsedFeed(
+        title=clean_text(feed.get("title") or "", limit=200),
+        site_url=feed.get("link") or "",
+        entries=tuple(entries),
+        warnings=tuple(warnings),
+        skipped=skipped,
+    )

@@ -1,0 +1,286 @@
+"""The online story matcher: which active story does an article belong to, if any?
+
+Each active story keeps a token profile (how many of its articles contain each content word),
+its recent normalised titles and its sources. An article is scored only against candidate stories
+found through an inverted index from tokens to stories, so the cost per article does not grow with
+the number of active stories:
+
+1. Candidates: for each of the article's tokens held by few enough stories, every story holding
+   it collects `idf(token) * share of the story's articles containing it`. Tokens held by very
+   many stories are skipped; they say little and would make the cost grow.
+2. `profile` = collected weight / the article's total idf weight: how much of what the article says
+   is typical of the story, with rare names and numbers counting most (idf over the recent stream).
+3. For the few best candidates, rapidfuzz's token_set_ratio of the normalised title against the
+   story's recent titles gives `fuzzy`.
+4. score = PROFILE_WEIGHT * profile + (1 - PROFILE_WEIGHT) * fuzzy; the best candidate joins if its
+   score clears the threshold, else the article starts a new story.
+
+A wrong merge costs more than a split, so the threshold leans to precision. Pure Python over plain
+dataclasses; the caller persists stories (see bot.stories.service).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from rapidfuzz import fuzz
+
+from bot.stories.normalize import strip_title, text_tokens
+
+__all__ = [
+    "ArticleText",
+    "Assignment",
+    "MatcherConfig",
+    "StoryMatcher",
+    "StorySnapshot",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ArticleText:
+    title: str
+    published: datetime  # timezone-aware UTC
+    summary: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StorySnapshot:
+    story_id: int
+    headline: str
+    article_count: int
+    source_count: int
+    first_published: datetime
+    last_published: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    story_id: int
+    is_new: bool
+    score: float
+    snapshot: StorySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class MatcherConfig:
+    window: timedelta = timedelta(hours=48)
+    threshold: float = 0.25
+    profile_weight: float = 0.4
+    nearest_weight: float = 0.4  # the rest of the weight goes to rapidfuzz
+    summary_weight: float = 0.35  # summary tokens count this much of a title token
+    saturation: float = 0.3  # a word in this share of a story's articles is fully typical of it
+    max_postings: int = 400  # a token held by more stories than this is not used for candidates
+    candidates: int = 8  # best profile candidates re-scored with rapidfuzz
+    recent_titles: int = 12  # per story, for the fuzzy comparison
+    central_titles: int = 40  # per story, for choosing the representative headline
+
+
+@dataclass(slots=True)
+class _Story:
+    id: int
+    first: datetime
+    last: datetime
+    articles: int = 0
+    tokens: Counter[str] = field(default_factory=Counter)
+    sources: set[str] = field(default_factory=set)
+    titles: deque[tuple[str, frozenset[str]]] = field(default_factory=deque)  # most recent last
+    headline: str = ""
+    candidates: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Features:
+    weights: dict[str, float]  # token -> 1.0 for title words, summary_weight for summary-only
+    norm_title: str
+
+
+class StoryMatcher:
+    """Assigns articles to stories online. Deterministic: replaying `add` rebuilds the state."""
+
+    def __init__(self, config: MatcherConfig | None = None) -> None:
+        self.config = config or MatcherConfig()
+        self._stories: dict[int, _Story] = {}
+        self._postings: dict[str, set[int]] = {}
+        self._df: Counter[str] = Counter()  # articles in the active window containing the token
+        self._articles = 0
+        self._by_last: deque[tuple[datetime, int]] = deque()  # (last published, id), for expiry
+        self._next_id = itertools.count(1)
+        self.comparisons = 0  # candidate stories scored; lets tests see the index at work
+
+    # --- public API -----------------------------------------------------------------------
+
+    @property
+    def active_count(self) -> int:
+        return len(self._stories)
+
+    def snapshot(self, story_id: int) -> StorySnapshot | None:
+        story = self._stories.get(story_id)
+        return None if story is None else self._snapshot(story)
+
+    def match(self, article: ArticleText) -> tuple[int, float] | None:
+        """The best active story for the article and its score, or None for a new story."""
+        self.expire(article.published)
+        features = self._features(article)
+        best = self._best(features, article.published)
+        if best is None or best[1] < self.config.threshold:
+            return None
+        return best
+
+    def add(self, story_id: int, article: ArticleText) -> StorySnapshot:
+        """Record the article in the story (created if unknown)."""
+        features = self._features(article)
+        story = self._stories.get(story_id)
+        if story is None:
+            story = _Story(story_id, article.published, article.published)
+            self._stories[story_id] = story
+        story.articles += 1
+        story.first = min(story.first, article.published)
+        story.last = max(story.last, article.published)
+        self._by_last.append((story.last, story_id))
+        if article.source:
+            story.sources.add(article.source.casefold().strip())
+        for token in features.weights:
+            if story.tokens[token] == 0:
+                self._postings.setdefault(token, set()).add(story_id)
+            story.tokens[token] += 1
+            self._df[token] += 1
+        self._articles += 1
+        story.titles.append((features.norm_title, frozenset(features.norm_title.split())))
+        if len(story.titles) > self.config.recent_titles:
+            story.titles.popleft()
+        self._consider_headline(story, strip_title(article.title, article.source) or article.title)
+        return self._snapshot(story)
+
+    def assign(
+        self, article: ArticleText, new_story_id: Callable[[], int] | None = None
+    ) -> Assignment:
+        """match() then add(); a new story takes its id from `new_story_id` or a counter."""
+        found = self.match(article)
+        if found is None:
+            story_id = new_story_id() if new_story_id else self._fresh_id()
+            return Assignment(story_id, True, 0.0, self.add(story_id, article))
+        return Assignment(found[0], False, found[1], self.add(found[0], article))
+
+    def expire(self, now: datetime) -> int:
+        """Forget stories whose last article is older than the window; returns how many."""
+        cutoff = now - self.config.window
+        dropped = 0
+        while self._by_last and self._by_last[0][0] < cutoff:
+            last, story_id = self._by_last.popleft()
+            story = self._stories.get(story_id)
+            if story is None or story.last != last or story.last >= cutoff:
+                continue
+            self._forget(story)
+            dropped += 1
+        return dropped
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _fresh_id(self) -> int:
+        story_id = next(self._next_id)
+        while story_id in self._stories:
+            story_id = next(self._next_id)
+        return story_id
+
+    def _forget(self, story: _Story) -> None:
+        del self._stories[story.id]
+        for token, count in story.tokens.items():
+            holders = self._postings.get(token)
+            if holders is not None:
+                holders.discard(story.id)
+                if not holders:
+                    del self._postings[token]
+            left = self._df[token] - count
+            if left > 0:
+                self._df[token] = left
+            else:
+                del self._df[token]
+        self._articles -= story.articles
+
+    def _features(self, article: ArticleText) -> _Features:
+        title = text_tokens(strip_title(article.title, article.source))
+        weights = dict.fromkeys(title, 1.0)
+        if article.summary:
+            for token in text_tokens(article.summary[:600]):
+                weights.setdefault(token, self.config.summary_weight)
+        return _Features(weights, " ".join(title))
+
+    def _idf(self, token: str) -> float:
+        # Rarity across active stories: a word repeated by every article of one story still
+        # singles that story out, while a word spread over many stories says little.
+        holders = self._postings.get(token)
+        return math.log((len(self._stories) + 1) / ((len(holders) if holders else 0) + 1)) + 1.0
+
+    def _best(self, features: _Features, when: datetime) -> tuple[int, float] | None:
+        if not features.weights:
+            return None
+        collected: dict[int, float] = {}
+        saturation = self.config.saturation
+        total = 0.0
+        for token, weight in features.weights.items():
+            w = self._idf(token) * weight
+            total += w
+            holders = self._postings.get(token)
+            if not holders or len(holders) > self.config.max_postings:
+                continue
+            for story_id in holders:
+                story = self._stories[story_id]
+                share = min(1.0, story.tokens[token] / (story.articles * saturation))
+                collected[story_id] = collected.get(story_id, 0.0) + w * share
+        if not collected or total <= 0:
+            return None
+        top = sorted(collected.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.candidates]
+        title_set = frozenset(features.norm_title.split())
+        squares = {t: self._idf(t) ** 2 for t in title_set}
+        own_norm = math.sqrt(sum(squares.values()))
+        pw, nw = self.config.profile_weight, self.config.nearest_weight
+        best: tuple[int, float] | None = None
+        for story_id, mass in top:
+            self.comparisons += 1
+            story = self._stories[story_id]
+            nearest = fuzzy = 0.0
+            for norm_title, tokens in story.titles:
+                shared = title_set & tokens
+                if shared and own_norm:
+                    other = math.sqrt(sum(squares.get(t) or self._idf(t) ** 2 for t in tokens))
+                    nearest = max(nearest, sum(squares[t] for t in shared) / (own_norm * other))
+                fuzzy = max(fuzzy, fuzz.token_set_ratio(features.norm_title, norm_title) / 100.0)
+            score = pw * (mass / total) + nw * nearest + (1 - pw - nw) * fuzzy
+            if best is None or score > best[1]:
+                best = (story_id, score)
+        return best
+
+    def _consider_headline(self, story: _Story, title: str) -> None:
+        """Keep the most central title: the one whose words most of the story's articles share."""
+        tokens = frozenset(text_tokens(title))
+        if len(story.candidates) < self.config.central_titles:
+            story.candidates.append((title, tokens))
+        elif story.articles % 5 == 0:
+            story.candidates[story.articles % self.config.central_titles] = (title, tokens)
+        else:
+            return
+
+        def centrality(item: tuple[str, frozenset[str]]) -> float:
+            words = item[1]
+            if not words:
+                return 0.0
+            shared = sum(story.tokens[t] for t in words) / story.articles
+            return shared / math.sqrt(len(words))
+
+        story.headline = max(story.candidates, key=centrality)[0]
+
+    def _snapshot(self, story: _Story) -> StorySnapshot:
+        return StorySnapshot(
+            story.id,
+            story.headline,
+            story.articles,
+            len(story.sources),
+            story.first,
+            story.last,
+        )
