@@ -119,7 +119,7 @@ def _buttons(markup: str | None) -> str:
     if not markup:
         return ""
     rows = json.loads(markup).get("inline_keyboard", [])
-    return "\n".join("  ".join(f"[ {b['text']} ]" for b in row) for row in rows)
+    return "  ".join(f"[ {b['text']} ]" for row in rows for b in row)
 
 
 class TerminalChat:
@@ -142,7 +142,8 @@ class TerminalChat:
                 when = self.clock.now.strftime("%a %d %b %H:%M UTC")
                 who = self.names.get(row.chat_id, str(row.chat_id))
                 self.out(f"\n┌─ to {who} · {row.kind.replace('_', ' ')} · {when}")
-                text = render_plain(row.text) if row.parse_mode else row.text
+                # Telegram shows links as underlined names; so does the terminal, without URLs.
+                text = render_plain(row.text, show_links=False) if row.parse_mode else row.text
                 for line in text.splitlines():
                     self.out(f"│ {line}")
                 buttons = _buttons(row.reply_markup)
