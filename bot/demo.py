@@ -188,8 +188,8 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
         )
         policy = PollPolicy(
             interval=timedelta(minutes=15),
-            concurrency=8,
-            per_host_concurrency=8,
+            concurrency=1,
+            per_host_concurrency=1,
             limits=FetchLimits(timeout=10),
         )
         stories = StoryService.open(engine, window_hours=settings.story_window_hours, clock=clock)
