@@ -29,7 +29,7 @@ __all__ = [
 
 MAX_SOURCES = 10
 DUPLICATE = 80  # token_set_ratio at which two sentences say the same thing
-SUPPORT = 62  # token_set_ratio at which another article backs a sentence
+SUPPORT = 70  # token_set_ratio at which another article backs a sentence (same fact: ~90)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)]?\s+(?=[A-Z0-9\"“‘(])")
 _BOILERPLATE = re.compile(
     r"(click here|read more|continue reading|the post .* appeared first on|subscribe|"
