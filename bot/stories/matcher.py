@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter, deque
+import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,12 +74,12 @@ class MatcherConfig:
     threshold: float = 0.25
     profile_weight: float = 0.4
     nearest_weight: float = 0.4  # the rest of the weight goes to rapidfuzz
-    summary_weight: float = 0.35  # summary tokens count this much of a title token
+    summary_weight: float = 0.35  # summary words count this much of a title word
     saturation: float = 0.3  # a word in this share of a story's articles is fully typical of it
-    max_postings: int = 400  # a token held by more stories than this is not used for candidates
-    candidates: int = 8  # best profile candidates re-scored with rapidfuzz
-    recent_titles: int = 12  # per story, for the fuzzy comparison
-    central_titles: int = 40  # per story, for choosing the representative headline
+    rare_postings: int = 64  # only words held by at most this many stories find candidates
+    candidates: int = 8  # best profile candidates re-scored with titles and rapidfuzz
+    recent_titles: int = 12  # per story, for the nearest-title and fuzzy comparison
+    central_titles: int = 24  # per story, for choosing the representative headline
 
 
 @dataclass(slots=True)
@@ -86,17 +87,19 @@ class _Story:
     id: int
     first: datetime
     last: datetime
+    queued_last: datetime  # the time of this story's newest entry in the expiry queue
     articles: int = 0
-    tokens: Counter[str] = field(default_factory=Counter)
-    sources: set[str] = field(default_factory=set)
-    titles: deque[tuple[str, frozenset[str]]] = field(default_factory=deque)  # most recent last
+    tokens: dict[str, int] = field(default_factory=dict)  # word -> articles containing it
+    sources: list[str] = field(default_factory=list)
+    # (normalised title, title and summary words) of recent articles, most recent last
+    titles: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     headline: str = ""
-    candidates: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    central: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class _Features:
-    weights: dict[str, float]  # token -> 1.0 for title words, summary_weight for summary-only
+    weights: dict[str, float]  # word -> 1.0 for title words, summary_weight for summary-only
     norm_title: str
 
 
@@ -107,9 +110,9 @@ class StoryMatcher:
         self.config = config or MatcherConfig()
         self._stories: dict[int, _Story] = {}
         self._postings: dict[str, set[int]] = {}
-        self._df: Counter[str] = Counter()  # articles in the active window containing the token
-        self._articles = 0
-        self._by_last: deque[tuple[datetime, int]] = deque()  # (last published, id), for expiry
+        # (time, story id) in arrival order; a story is re-queued when its time moves on by more
+        # than an eighth of the window, so expiry is at most that late and the queue stays small.
+        self._expiry: deque[tuple[datetime, int]] = deque()
         self._next_id = itertools.count(1)
         self.comparisons = 0  # candidate stories scored; lets tests see the index at work
 
@@ -126,8 +129,7 @@ class StoryMatcher:
     def match(self, article: ArticleText) -> tuple[int, float] | None:
         """The best active story for the article and its score, or None for a new story."""
         self.expire(article.published)
-        features = self._features(article)
-        best = self._best(features, article.published)
+        best = self._best(self._features(article))
         if best is None or best[1] < self.config.threshold:
             return None
         return best
@@ -135,25 +137,30 @@ class StoryMatcher:
     def add(self, story_id: int, article: ArticleText) -> StorySnapshot:
         """Record the article in the story (created if unknown)."""
         features = self._features(article)
+        when = article.published
         story = self._stories.get(story_id)
         if story is None:
-            story = _Story(story_id, article.published, article.published)
+            story = _Story(story_id, when, when, when)
             self._stories[story_id] = story
+            self._expiry.append((when, story_id))
         story.articles += 1
-        story.first = min(story.first, article.published)
-        story.last = max(story.last, article.published)
-        self._by_last.append((story.last, story_id))
-        if article.source:
-            story.sources.add(article.source.casefold().strip())
+        story.first = min(story.first, when)
+        if when > story.last:
+            story.last = when
+            if when - story.queued_last > self.config.window / 8:
+                story.queued_last = when
+                self._expiry.append((when, story_id))
+        source = article.source.casefold().strip()
+        if source and source not in story.sources:
+            story.sources.append(source)
         for token in features.weights:
-            if story.tokens[token] == 0:
+            count = story.tokens.get(token, 0)
+            if count == 0:
                 self._postings.setdefault(token, set()).add(story_id)
-            story.tokens[token] += 1
-            self._df[token] += 1
-        self._articles += 1
-        story.titles.append((features.norm_title, frozenset(features.norm_title.split())))
+            story.tokens[token] = count + 1
+        story.titles.append((features.norm_title, tuple(features.weights)))
         if len(story.titles) > self.config.recent_titles:
-            story.titles.popleft()
+            del story.titles[0]
         self._consider_headline(story, strip_title(article.title, article.source) or article.title)
         return self._snapshot(story)
 
@@ -171,10 +178,14 @@ class StoryMatcher:
         """Forget stories whose last article is older than the window; returns how many."""
         cutoff = now - self.config.window
         dropped = 0
-        while self._by_last and self._by_last[0][0] < cutoff:
-            last, story_id = self._by_last.popleft()
+        while self._expiry and self._expiry[0][0] < cutoff:
+            queued, story_id = self._expiry.popleft()
             story = self._stories.get(story_id)
-            if story is None or story.last != last or story.last >= cutoff:
+            if story is None or story.queued_last != queued:
+                continue  # a newer entry for this story is further back in the queue
+            if story.last >= cutoff:
+                story.queued_last = story.last
+                self._expiry.append((story.last, story_id))
                 continue
             self._forget(story)
             dropped += 1
@@ -190,25 +201,19 @@ class StoryMatcher:
 
     def _forget(self, story: _Story) -> None:
         del self._stories[story.id]
-        for token, count in story.tokens.items():
+        for token in story.tokens:
             holders = self._postings.get(token)
             if holders is not None:
                 holders.discard(story.id)
                 if not holders:
                     del self._postings[token]
-            left = self._df[token] - count
-            if left > 0:
-                self._df[token] = left
-            else:
-                del self._df[token]
-        self._articles -= story.articles
 
     def _features(self, article: ArticleText) -> _Features:
-        title = text_tokens(strip_title(article.title, article.source))
+        title = [sys.intern(t) for t in text_tokens(strip_title(article.title, article.source))]
         weights = dict.fromkeys(title, 1.0)
         if article.summary:
             for token in text_tokens(article.summary[:600]):
-                weights.setdefault(token, self.config.summary_weight)
+                weights.setdefault(sys.intern(token), self.config.summary_weight)
         return _Features(weights, " ".join(title))
 
     def _idf(self, token: str) -> float:
@@ -217,37 +222,49 @@ class StoryMatcher:
         holders = self._postings.get(token)
         return math.log((len(self._stories) + 1) / ((len(holders) if holders else 0) + 1)) + 1.0
 
-    def _best(self, features: _Features, when: datetime) -> tuple[int, float] | None:
+    def _share(self, story: _Story, token: str) -> float:
+        return min(1.0, story.tokens.get(token, 0) / (story.articles * self.config.saturation))
+
+    def _best(self, features: _Features) -> tuple[int, float] | None:
         if not features.weights:
             return None
+        idf = {t: self._idf(t) for t in features.weights}
+        total = sum(idf[t] * w for t, w in features.weights.items())
+        common: list[str] = []
         collected: dict[int, float] = {}
-        saturation = self.config.saturation
-        total = 0.0
         for token, weight in features.weights.items():
-            w = self._idf(token) * weight
-            total += w
             holders = self._postings.get(token)
-            if not holders or len(holders) > self.config.max_postings:
+            if not holders:
                 continue
+            if len(holders) > self.config.rare_postings:
+                common.append(token)
+                continue
+            w = idf[token] * weight
             for story_id in holders:
-                story = self._stories[story_id]
-                share = min(1.0, story.tokens[token] / (story.articles * saturation))
+                share = self._share(self._stories[story_id], token)
                 collected[story_id] = collected.get(story_id, 0.0) + w * share
         if not collected or total <= 0:
             return None
+        # Words held by many stories did not find candidates, but they still count for them.
+        for story_id in collected:
+            story = self._stories[story_id]
+            for token in common:
+                if token in story.tokens:
+                    collected[story_id] += (
+                        idf[token] * features.weights[token] * self._share(story, token)
+                    )
         top = sorted(collected.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.candidates]
-        title_set = frozenset(features.norm_title.split())
-        squares = {t: self._idf(t) ** 2 for t in title_set}
+        words = features.weights
+        squares = {t: v * v for t, v in idf.items()}
         own_norm = math.sqrt(sum(squares.values()))
         pw, nw = self.config.profile_weight, self.config.nearest_weight
         best: tuple[int, float] | None = None
         for story_id, mass in top:
             self.comparisons += 1
-            story = self._stories[story_id]
             nearest = fuzzy = 0.0
-            for norm_title, tokens in story.titles:
-                shared = title_set & tokens
-                if shared and own_norm:
+            for norm_title, tokens in self._stories[story_id].titles:
+                shared = [t for t in tokens if t in words]
+                if shared:
                     other = math.sqrt(sum(squares.get(t) or self._idf(t) ** 2 for t in tokens))
                     nearest = max(nearest, sum(squares[t] for t in shared) / (own_norm * other))
                 fuzzy = max(fuzzy, fuzz.token_set_ratio(features.norm_title, norm_title) / 100.0)
@@ -258,22 +275,22 @@ class StoryMatcher:
 
     def _consider_headline(self, story: _Story, title: str) -> None:
         """Keep the most central title: the one whose words most of the story's articles share."""
-        tokens = frozenset(text_tokens(title))
-        if len(story.candidates) < self.config.central_titles:
-            story.candidates.append((title, tokens))
+        tokens = tuple(text_tokens(title))
+        if len(story.central) < self.config.central_titles:
+            story.central.append((title, tokens))
         elif story.articles % 5 == 0:
-            story.candidates[story.articles % self.config.central_titles] = (title, tokens)
+            story.central[story.articles % self.config.central_titles] = (title, tokens)
         else:
             return
 
-        def centrality(item: tuple[str, frozenset[str]]) -> float:
+        def centrality(item: tuple[str, tuple[str, ...]]) -> float:
             words = item[1]
             if not words:
                 return 0.0
-            shared = sum(story.tokens[t] for t in words) / story.articles
+            shared = sum(story.tokens.get(t, 0) for t in words) / story.articles
             return shared / math.sqrt(len(words))
 
-        story.headline = max(story.candidates, key=centrality)[0]
+        story.headline = max(story.central, key=centrality)[0]
 
     def _snapshot(self, story: _Story) -> StorySnapshot:
         return StorySnapshot(

@@ -1,0 +1,130 @@
+"""The story matcher through its public API: normalisation, joins, splits, window, replay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.stories.matcher import ArticleText, MatcherConfig, StoryMatcher
+from bot.stories.normalize import normalize_title, strip_title
+
+T = datetime(2014, 3, 10, 8, 0, tzinfo=UTC)
+
+
+def art(title: str, minutes: float = 0, source: str = "", summary: str = "") -> ArticleText:
+    return ArticleText(title, T + timedelta(minutes=minutes), summary, source)
+
+
+@pytest.mark.parametrize(
+    ("title", "source", "expected"),
+    [
+        ("Fed holds rates steady - Reuters", "Reuters", "Fed holds rates steady"),
+        ("Fed holds rates steady | BBC News", "", "Fed holds rates steady"),
+        ("UPDATE 2-Fed holds rates steady", "", "Fed holds rates steady"),
+        ("REFILE-EXCLUSIVE-Fed holds rates steady", "", "Fed holds rates steady"),
+        (
+            "Spider-Man - the musical - closes on Broadway tonight after long run",
+            "",
+            "Spider-Man - the musical - closes on Broadway tonight after long run",
+        ),
+    ],
+)
+def test_strip_title_removes_wire_prefixes_and_publisher_tails(title, source, expected):
+    assert strip_title(title, source) == expected
+
+
+def test_normalize_folds_case_unicode_punctuation_stop_words_and_plurals():
+    assert normalize_title("The STOCKS fall, as Fed’s Plosser speaks!") == normalize_title(
+        "stock falls as fed plosser speak"
+    )
+
+
+def test_same_event_in_other_words_joins_one_story():
+    m = StoryMatcher()
+    a = m.assign(art("Malaysia Airlines flight MH370 missing with 239 aboard"))
+    b = m.assign(art("Missing Malaysia Airlines MH370: search widens", 30, "BBC"))
+    c = m.assign(art("MH370 search: Malaysia Airlines jet still missing", 60, "CNN"))
+    assert a.is_new and not b.is_new and not c.is_new
+    assert a.story_id == b.story_id == c.story_id
+    assert c.snapshot.article_count == 3 and c.snapshot.source_count == 2
+
+
+def test_different_events_sharing_a_word_stay_apart():
+    m = StoryMatcher()
+    a = m.assign(art("Apple releases iOS 7.1 with CarPlay"))
+    b = m.assign(art("Apple pie recipe wins state fair", 5))
+    c = m.assign(art("Bitcoin exchange Mt. Gox files for US bankruptcy", 10))
+    assert len({a.story_id, b.story_id, c.story_id}) == 3
+
+
+def test_summaries_help_when_titles_differ():
+    m = StoryMatcher()
+    first = m.assign(
+        art(
+            "Chiquita and Fyffes to merge",
+            summary="Chiquita Brands and Fyffes agreed an all-share merger creating the largest banana company.",
+        )
+    )
+    second = m.assign(
+        art(
+            "World's biggest banana company is born",
+            20,
+            summary="Chiquita Brands and Fyffes merger creates the largest banana company in the world.",
+        )
+    )
+    assert second.story_id == first.story_id
+
+
+def test_articles_older_than_the_window_start_new_stories():
+    m = StoryMatcher(MatcherConfig(window=timedelta(hours=6)))
+    a = m.assign(art("Malaysia Airlines flight MH370 missing with 239 aboard"))
+    b = m.assign(art("Malaysia Airlines MH370 still missing", 7 * 60))
+    assert b.is_new and b.story_id != a.story_id
+    assert m.active_count == 1
+
+
+def test_candidates_come_from_the_index_not_a_scan():
+    m = StoryMatcher()
+    for i in range(2000):
+        m.add(i + 1, art(f"Unrelated story number{i} about topic{i} and place{i}", i / 100))
+    before = m.comparisons
+    m.match(art("Malaysia Airlines flight MH370 missing", 25))
+    assert m.comparisons - before <= m.config.candidates
+
+
+def test_headline_moves_to_the_most_central_title():
+    m = StoryMatcher()
+    titles = [
+        "Odd angle: Lohan doc draws viewers",
+        "Lindsay Lohan reality show premiere on OWN",
+        "Lindsay Lohan OWN premiere draws 693,000 viewers",
+        "Oprah's Lindsay Lohan premiere on OWN",
+        "Lindsay Lohan premiere: Oprah and OWN",
+    ]
+    story = None
+    for i, t in enumerate(titles):
+        story = m.add(1, art(t, i))
+    assert story is not None and story.headline != titles[0]
+    assert "Lohan" in story.headline and "OWN" in story.headline
+
+
+def test_replaying_add_rebuilds_the_same_assignments():
+    stream = [
+        art("Malaysia Airlines flight MH370 missing", 0),
+        art("Apple releases iOS 7.1 with CarPlay", 1),
+        art("MH370 search widens as Malaysia Airlines jet still missing", 2),
+        art("iOS 7.1 update from Apple brings CarPlay", 3),
+    ]
+    original = StoryMatcher()
+    ids = [original.assign(a).story_id for a in stream[:3]]
+    replayed = StoryMatcher()
+    for story_id, a in zip(ids, stream[:3], strict=True):
+        replayed.add(story_id, a)
+    assert original.match(stream[3]) == replayed.match(stream[3])
+
+
+def test_empty_or_stop_word_titles_start_their_own_story():
+    m = StoryMatcher()
+    m.assign(art("The news of the day"))
+    assert m.match(art("the of and")) is None
