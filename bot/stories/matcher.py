@@ -5,15 +5,20 @@ its recent normalised titles and its sources. An article is scored only against 
 found through an inverted index from tokens to stories, so the cost per article does not grow with
 the number of active stories:
 
-1. Candidates: for each of the article's tokens held by few enough stories, every story holding
-   it collects `idf(token) * share of the story's articles containing it`. Tokens held by very
-   many stories are skipped; they say little and would make the cost grow.
-2. `profile` = collected weight / the article's total idf weight: how much of what the article says
-   is typical of the story, with rare names and numbers counting most (idf over the recent stream).
-3. For the few best candidates, rapidfuzz's token_set_ratio of the normalised title against the
-   story's recent titles gives `fuzzy`.
-4. score = PROFILE_WEIGHT * profile + (1 - PROFILE_WEIGHT) * fuzzy; the best candidate joins if its
-   score clears the threshold, else the article starts a new story.
+1. Candidates: every story holding one of the article's rare words (held by at most
+   `rare_postings` stories) collects `idf(word) * share`, where share is the fraction of the
+   story's articles containing the word, saturating at `saturation`. idf is rarity across active
+   stories. Words held by many stories then add to the candidates already found, by lookup, so
+   the cost per article stays flat however many stories are active.
+2. `profile` = collected weight / the article's total idf weight: how much of what the article
+   says is typical of the story.
+3. For the best few candidates: `nearest`, the idf cosine with the story's most similar recent
+   article, and `fuzzy`, rapidfuzz's token_set_ratio against its recent normalised titles.
+4. `anchor`: for an established story, the share of its articles containing the most typical
+   word it shares with the article among words held by at most two stories ("Titanfall",
+   "Snowden"). It keeps sub-topics of one event ("the Bachelor host says ...") together.
+5. score = weighted profile, nearest and fuzzy, plus anchor_weight * anchor; the best candidate
+   joins if its score clears the threshold, else the article starts a new story.
 
 A wrong merge costs more than a split, so the threshold leans to precision. Pure Python over plain
 dataclasses; the caller persists stories (see bot.stories.service).
@@ -71,12 +76,15 @@ class Assignment:
 @dataclass(frozen=True, slots=True)
 class MatcherConfig:
     window: timedelta = timedelta(hours=48)
-    threshold: float = 0.25
+    threshold: float = 0.30
     profile_weight: float = 0.4
     nearest_weight: float = 0.4  # the rest of the weight goes to rapidfuzz
     summary_weight: float = 0.35  # summary words count this much of a title word
     saturation: float = 0.3  # a word in this share of a story's articles is fully typical of it
     rare_postings: int = 64  # only words held by at most this many stories find candidates
+    anchor_weight: float = 0.3  # bonus for a shared word that few stories hold ...
+    anchor_stories: int = 2  # ... (at most this many) ...
+    anchor_min_articles: int = 5  # ... and most articles of an established story contain
     candidates: int = 8  # best profile candidates re-scored with titles and rapidfuzz
     recent_titles: int = 12  # per story, for the nearest-title and fuzzy comparison
     central_titles: int = 24  # per story, for choosing the representative headline
@@ -269,9 +277,23 @@ class StoryMatcher:
                     nearest = max(nearest, sum(squares[t] for t in shared) / (own_norm * other))
                 fuzzy = max(fuzzy, fuzz.token_set_ratio(features.norm_title, norm_title) / 100.0)
             score = pw * (mass / total) + nw * nearest + (1 - pw - nw) * fuzzy
+            score += self.config.anchor_weight * self._anchor(self._stories[story_id], words)
             if best is None or score > best[1]:
                 best = (story_id, score)
         return best
+
+    def _anchor(self, story: _Story, words: dict[str, float]) -> float:
+        if story.articles < self.config.anchor_min_articles:
+            return 0.0
+        limit = self.config.anchor_stories
+        return max(
+            (
+                story.tokens[t] / story.articles
+                for t in words
+                if t in story.tokens and len(self._postings[t]) <= limit
+            ),
+            default=0.0,
+        )
 
     def _consider_headline(self, story: _Story, title: str) -> None:
         """Keep the most central title: the one whose words most of the story's articles share."""
