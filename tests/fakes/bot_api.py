@@ -127,6 +127,7 @@ class FakeBotApi:
         self.members: dict[tuple[int, int], str] = {}
         self.blocked: set[int] = set()
         self.unknown_chats: set[int] = set()
+        self.send_delay = 0.0  # seconds between recording a message and answering (crash tests)
         self._faults: list[Fault] = []
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
@@ -452,6 +453,10 @@ class FakeBotApi:
         }
         if markup:
             result["reply_markup"] = markup
+        if self.send_delay:  # recorded (Telegram accepted it) before the answer goes back
+            async with self._changed:
+                self._changed.notify_all()
+            await asyncio.sleep(self.send_delay)
         return result
 
     async def _m_editmessagetext(self, params: dict[str, Any], chat_id: int | None) -> Any:
