@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import sqlalchemy as sa
-from bot.feeds.fetch import FetchLimits, make_http_client
 
+from bot.feeds.fetch import FetchLimits, make_http_client
 from bot.feeds.poller import FeedPoller, PollPolicy
 from store.db import make_engine, session_scope
 from store.feeds import add_feed

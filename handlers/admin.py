@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bot.feeds.urls import validate_feed_url
 from telegram import Update
 from telegram.ext import Application, CommandHandler
 
 from bot.app import StorywireContext
+from bot.feeds.urls import validate_feed_url
 from handlers.common import BadArgument, checked_argument, esc, is_bot_admin, reply, run_db
 from store.db import session_scope
 from store.feeds import add_feed, enable_feed, find_feed, list_feeds_with_counts, remove_feed

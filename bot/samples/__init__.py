@@ -36,7 +36,9 @@ class SampleArticle:
     published: datetime
 
 
-def build(dev_jsonl: Path, out: Path, *, stories: int = 10, per_story: int = 32, seed: int = 7) -> int:
+def build(
+    dev_jsonl: Path, out: Path, *, stories: int = 10, per_story: int = 32, seed: int = 7
+) -> int:
     """Pick the largest stories, cap each, re-spread times over 36 h in a shuffled order."""
     rows = [json.loads(line) for line in dev_jsonl.read_text(encoding="utf-8").splitlines() if line]
     by_story: dict[str, list[dict]] = defaultdict(list)

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from bot.feeds.fetch import FetchLimits, make_http_client
 from sqlmodel import select
 from werkzeug import Request, Response
 
+from bot.feeds.fetch import FetchLimits, make_http_client
 from bot.feeds.poller import FeedPoller, PollPolicy, backoff_delay
 from store.db import session_scope
 from store.feeds import add_feed
