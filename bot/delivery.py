@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from telegram import Bot, InlineKeyboardMarkup, LinkPreviewOptions
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
 
-from bot.digests.render import render_plain
+from bot.digests.render import plain_fallback
 from store.chats import migrate_chat, set_chat_status
 from store.db import session_scope
 from store.leases import acquire_lease, release_lease
@@ -231,7 +231,7 @@ class OutboxSender:
                 self._engine,
                 row.id,
                 self._holder,
-                text=render_plain(row.text)[:4096],
+                text=plain_fallback(row.text),
             )
             return "retried"
         if "chat not found" in text:

@@ -1,21 +1,38 @@
 """Digest composition: an extractive summary whose sentences cite every article supporting them.
 
-Candidates are the new articles' titles and the sentences of their summaries. Each candidate's
-centrality is its average rapidfuzz `token_set_ratio` with the other articles' text, so a sentence
-that many articles say is central; boilerplate is dropped and very short or very long sentences
-are penalised. Sentences are then taken greedily, skipping near-duplicates of those already taken
-(rapidfuzz again), and each cites its own article plus every article that says nearly the same.
-Pure functions over plain dataclasses; no model, no network.
+Candidates are the new articles' titles (minus "- Outlet" suffixes and "LIVE:" kickers) and the
+first sentences of their summaries (minus "SEOUL, Nov. 25 (Yonhap) --" datelines); boilerplate,
+truncated ("…") and oversized sentences are dropped. A candidate's score is its centrality times
+a prior:
+
+- centrality: half the mean, over the *other* articles, of the best rapidfuzz `token_set_ratio`
+  against any of that article's candidates (a fact many outlets report scores high), half a
+  SumBasic-style corroboration: how many other articles use each of its content words,
+  normalised by the square root of its length so neither fragments nor run-ons win;
+- prior: summary prose beats headline-ese titles, a lede beats later sentences, questions and
+  very short or very long sentences are penalised.
+
+Sentences are picked greedily by score discounted by the share of their words already said
+(maximal marginal relevance, words weighted by IDF over the articles); near-duplicates of a
+chosen sentence (token_set_ratio >= DUPLICATE) are never picked. A sentence cites its own article
+and every article with a candidate at token_set_ratio >= SUPPORT whose text also repeats most of
+the sentence's IDF-weighted words: token_set_ratio alone scores 100 whenever one text's words are
+a subset of the other's, and the names every outlet repeats prove nothing.
+
+Pure functions over plain dataclasses; ties go to the earlier article, so output is
+deterministic.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 __all__ = [
     "CitedSentence",
@@ -25,16 +42,46 @@ __all__ = [
     "StoryUpdate",
     "compose_group_digest",
     "compose_story_digest",
+    "split_sentences",
 ]
 
 MAX_SOURCES = 10
 DUPLICATE = 80  # token_set_ratio at which two sentences say the same thing
-SUPPORT = 70  # token_set_ratio at which another article backs a sentence (same fact: ~90)
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)]?\s+(?=[A-Z0-9\"“‘(])")
+SUPPORT = 70  # token_set_ratio at which another article's sentence backs a chosen one
+SUPPORT_COVERAGE = 0.6  # weighted share of a chosen sentence's words a backer must repeat
+REDUNDANT = 0.7  # weighted share of a candidate's words already said that rules it out
+SUMMARY_SENTENCES = 4  # only a summary's first sentences: later ones are rarely the news
+CANDIDATE_BUDGET = 300  # similarity is quadratic in candidates; big bursts get fewer per article
+MAX_CANDIDATE_CHARS = 400
+
+_ABBREVIATIONS = frozenset(  # word lists read better as one string than as 90 list lines
+    "mr mrs ms dr prof st jr sr gen gov sen rep col lt sgt capt no vs etc inc corp ltd co jan feb "  # noqa: SIM905
+    "mar apr jun jul aug sep sept oct nov dec u.s u.k u.n e.u a.m p.m".split()
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])")
+_FINAL_PUNCTUATION = re.compile(r"[.!?…][\"'”’)\]]*$")
+_LAST_WORD = re.compile(r"([\w.]+)\.[\"'”’)\]]*$")
 _BOILERPLATE = re.compile(
-    r"(click here|read more|continue reading|the post .* appeared first on|subscribe|"
-    r"sign up|all rights reserved|copyright|follow us|\bcookies?\b)",
+    r"click here|read more|continue reading|the post .* appeared first on|\bsubscribe\b|"
+    r"sign up|all rights reserved|copyright|©|follow us|\bcookies?\b|newsletter|"
+    r"listen to this article|\(END\)|^photo:|getty images",
     re.IGNORECASE,
+)
+_TRUNCATED = re.compile(r"(…|\.\.\.|\[…\]|\[\.\.\.\])\W*$")
+_KICKER = re.compile(
+    r"^(live|watch|video|listen|update\s*\d*|breaking|exclusive|analysis|opinion)\s*[:\-–—]\s*",
+    re.IGNORECASE,
+)
+_DATELINE = re.compile(
+    r"^[A-Z][A-Z .'-]{1,40}(,[^()\n]{1,30})?\s*(\([^)\n]{1,30}\))?\s*(--|—|–|-)\s+"
+)
+_WORD = re.compile(r"\w+")
+_STOPWORDS = frozenset(
+    "a an the and or but nor of to in on at for from by with without as is are was were be been "  # noqa: SIM905
+    "being has have had do does did it its this that these those their there here his her he she "
+    "they them we you i not no will would can could should may might must than then after before "
+    "over under into about up down out off also just more most new says said say amid while who "
+    "what when where which why how all any some".split()
 )
 
 
@@ -76,11 +123,12 @@ class StoryDigest:
     headline: str
     new_count: int
     sentences: tuple[CitedSentence, ...]
-    sources: tuple[SourceRef, ...]
+    sources: tuple[SourceRef, ...]  # at most MAX_SOURCES; new_count may be larger
     total_articles: int
 
     @property
     def outlet_count(self) -> int:
+        """Distinct outlets among the listed sources."""
         return len({s.outlet.casefold() for s in self.sources})
 
 
@@ -88,116 +136,251 @@ class StoryDigest:
 class _Candidate:
     text: str
     article: int  # index into the update's articles
-    from_summary: bool
+    position: int  # 0 for the title, n for the summary's n-th sentence
+    words: frozenset[str]  # stemmed content words
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of plain text, not split after "Mr." or "U.S." or an initial."""
+    pieces = _SENTENCE_END.split(" ".join(text.split()))
+    out: list[str] = []
+    for piece in pieces:
+        if out and _ends_in_abbreviation(out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return [s.strip() for s in out if s.strip()]
+
+
+def _ends_in_abbreviation(sentence: str) -> bool:
+    match = _LAST_WORD.search(sentence)
+    if match is None:
+        return False
+    word = match.group(1).casefold()
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
 def _as_sentence(text: str) -> str:
-    text = " ".join(text.split()).strip()
-    if text and text[-1] not in ".!?…":
+    text = " ".join(text.split())
+    if text and not _FINAL_PUNCTUATION.search(text):
         text += "."
     return text
 
 
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
+def _content_words(text: str) -> frozenset[str]:
+    # Five-letter truncation is a crude but language-agnostic stemmer: travels/travelled, summit/s.
+    return frozenset(
+        w[:5] for w in (m.casefold() for m in _WORD.findall(text)) if w not in _STOPWORDS
+    )
+
+
+def _clean_title(title: str, source: str) -> str:
+    title = _KICKER.sub("", " ".join(title.split()))
+    for sep in (" - ", " | ", " — ", " – "):
+        head, found, tail = title.rpartition(sep)
+        if found and head and source and tail.casefold() == source.strip().casefold():
+            title = head
+    return title
+
+
+def _usable(sentence: str, *, min_words: int) -> bool:
+    words = len(sentence.split())
+    return (
+        min_words <= words <= 60
+        and len(sentence) <= MAX_CANDIDATE_CHARS
+        and not _BOILERPLATE.search(sentence)
+        and not _TRUNCATED.search(sentence)
+    )
 
 
 def _candidates(articles: Sequence[DigestArticle]) -> list[_Candidate]:
+    per_article = max(1, min(SUMMARY_SENTENCES, CANDIDATE_BUDGET // len(articles) - 1))
     out: list[_Candidate] = []
     for i, article in enumerate(articles):
-        if article.title.strip():
-            out.append(_Candidate(_as_sentence(article.title), i, False))
-        for sentence in split_sentences(article.summary)[:4]:
-            if _BOILERPLATE.search(sentence) or sentence.endswith("…"):
-                continue
-            words = len(sentence.split())
-            if 5 <= words <= 45:
-                out.append(_Candidate(_as_sentence(sentence), i, True))
+        title = _clean_title(article.title, article.source)
+        if _usable(title, min_words=3):
+            out.append(_Candidate(_as_sentence(title), i, 0, _content_words(title)))
+        summary = _DATELINE.sub("", " ".join(article.summary.split()))
+        for n, sentence in enumerate(split_sentences(summary)[:per_article], start=1):
+            if _usable(sentence, min_words=5):
+                out.append(_Candidate(_as_sentence(sentence), i, n, _content_words(sentence)))
+    if not out:  # every title is a fragment or a wall of text: better clipped than silent
+        for i, article in enumerate(articles):
+            title = _clip(_clean_title(article.title, article.source))
+            if title:
+                out.append(_Candidate(_as_sentence(title), i, 0, _content_words(title)))
     return out
 
 
-def _length_factor(text: str) -> float:
-    words = len(text.split())
-    if words < 5:
-        return 0.6
-    if words > 35:
-        return 0.8
-    return 1.0
+def _clip(text: str, *, words: int = 40) -> str:
+    clipped = " ".join(text.split()[:words])[:MAX_CANDIDATE_CHARS]
+    return clipped if clipped == text else clipped.rstrip(" ,;:-") + "…"
 
 
-def _article_texts(articles: Sequence[DigestArticle]) -> list[str]:
-    return [f"{a.title}. {a.summary}" for a in articles]
+def _prior(cand: _Candidate) -> float:
+    words = len(cand.text.split())
+    if words < 6:
+        factor = 0.6
+    elif words < 9:
+        factor = 0.85
+    elif words <= 35:
+        factor = 1.0
+    else:
+        factor = 0.8
+    if cand.position == 0:
+        factor *= 0.9  # headline-ese reads worse than a summary's prose
+    else:
+        factor *= 1.1 - 0.05 * (cand.position - 1)  # the lede carries the news
+    if cand.text.endswith("?"):
+        factor *= 0.6
+    return factor
+
+
+def _article_words(candidates: Sequence[_Candidate], n_articles: int) -> list[frozenset[str]]:
+    words: list[set[str]] = [set() for _ in range(n_articles)]
+    for cand in candidates:
+        words[cand.article] |= cand.words
+    return [frozenset(w) for w in words]
+
+
+def _weights(article_words: Sequence[frozenset[str]]) -> dict[str, float]:
+    """Inverse document frequency over the update's articles: a name every outlet repeats says
+    little about which sentence an article backs; a word only two articles use says a lot."""
+    df = Counter(w for words in article_words for w in words)
+    return {w: math.log((len(article_words) + 1) / n) for w, n in df.items()}
+
+
+def _coverage(words: frozenset[str], by: frozenset[str], weight: dict[str, float]) -> float:
+    """Weighted share of `words` that `by` also contains."""
+    total = sum(weight[w] for w in words)
+    return sum(weight[w] for w in words & by) / total if total else 0.0
+
+
+def _scores(
+    candidates: Sequence[_Candidate], n_articles: int, sim: list[list[float]]
+) -> list[float]:
+    """Centrality times priors (see the module docstring)."""
+    if n_articles < 2:
+        return [_prior(c) for c in candidates]
+    counts = Counter(w for words in _article_words(candidates, n_articles) for w in words)
+    corroboration = [
+        sum(counts[w] - 1 for w in c.words) / (n_articles - 1) / math.sqrt(len(c.words) or 1)
+        for c in candidates
+    ]
+    top = max(corroboration) or 1.0
+    scores = []
+    for i, cand in enumerate(candidates):
+        best: dict[int, float] = {}
+        for j, other in enumerate(candidates):
+            if other.article != cand.article:
+                best[other.article] = max(best.get(other.article, 0.0), sim[i][j])
+        fuzzy = sum(best.values()) / (n_articles - 1) / 100
+        scores.append((0.5 * fuzzy + 0.5 * corroboration[i] / top) * _prior(cand))
+    return scores
+
+
+def _similarities(texts: Sequence[str]) -> list[list[float]]:
+    keys = [t.casefold() for t in texts]
+    sim = [[0.0] * len(keys) for _ in keys]
+    for i, key in enumerate(keys):
+        for _, score, j in process.extract(key, keys, scorer=fuzz.token_set_ratio, limit=None):
+            sim[i][j] = score
+    return sim
 
 
 def _select(
-    candidates: list[_Candidate], texts: list[str], limit: int
+    candidates: Sequence[_Candidate], n_articles: int, *, limit: int, minimum: int
 ) -> list[tuple[_Candidate, tuple[int, ...]]]:
-    """Greedy by centrality; returns chosen candidates with the article indexes backing each."""
-    n = len(texts)
-    scored = []
-    for order, cand in enumerate(candidates):
-        others = [fuzz.token_set_ratio(cand.text, texts[j]) for j in range(n) if j != cand.article]
-        centrality = sum(others) / len(others) if others else 50.0
-        bonus = 1.08 if cand.from_summary else 1.0
-        scored.append((centrality * _length_factor(cand.text) * bonus, -order, cand))
-    scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-    chosen: list[tuple[_Candidate, tuple[int, ...]]] = []
-    for _, _, cand in scored:
-        if len(chosen) >= limit:
-            break
-        if any(fuzz.token_set_ratio(cand.text, c.text) >= DUPLICATE for c, _ in chosen):
-            continue
+    """Greedy by score discounted by what the chosen sentences already say (maximal marginal
+    relevance); returns chosen candidates with the article indexes backing each."""
+    if not candidates:
+        return []
+    sim = _similarities([c.text for c in candidates])
+    scores = _scores(candidates, n_articles, sim)
+    article_words = _article_words(candidates, n_articles)
+    weight = _weights(article_words)
+    taken: list[int] = []
+    # A second pass relaxes "mostly said already" to reach the minimum; duplicates stay out.
+    for redundant, wanted in ((REDUNDANT, limit), (1.0, minimum)):
+        while len(taken) < wanted:
+            best, best_score = -1, 0.0
+            for i, cand in enumerate(candidates):
+                if i in taken or any(sim[i][t] >= DUPLICATE for t in taken):
+                    continue
+                said = max(
+                    (_coverage(cand.words, candidates[t].words, weight) for t in taken), default=0
+                )
+                score = scores[i] * (1 - said)
+                if said < redundant and (best < 0 or score > best_score):
+                    best, best_score = i, score
+            if best < 0:
+                break
+            taken.append(best)
+    chosen = []
+    for i in taken:
+        cand = candidates[i]
         support = {cand.article}
-        for other in candidates:
+        for j, other in enumerate(candidates):
             if (
                 other.article not in support
-                and fuzz.token_set_ratio(cand.text, other.text) >= SUPPORT
+                and sim[i][j] >= SUPPORT
+                and _coverage(cand.words, article_words[other.article], weight) >= SUPPORT_COVERAGE
             ):
                 support.add(other.article)
         chosen.append((cand, tuple(sorted(support))))
     return chosen
 
 
+def _listed_articles(
+    chosen: Sequence[tuple[_Candidate, tuple[int, ...]]], n_articles: int
+) -> list[int]:
+    """Article indexes to list as sources, in citation order: every chosen sentence's own article
+    first (so no sentence loses all its citations to the cap), then its backers, then the rest."""
+    cited = [index for _, support in chosen for index in support]
+    keep = {cand.article for cand, _ in chosen}
+    for index in [*cited, *range(n_articles)]:
+        if len(keep) >= MAX_SOURCES:
+            break
+        keep.add(index)
+    order = list(dict.fromkeys([*cited, *range(n_articles)]))
+    return [index for index in order if index in keep]
+
+
 def compose_story_digest(
     update: StoryUpdate, *, max_sentences: int = 4, min_sentences: int = 2
 ) -> StoryDigest:
-    """The digest of a story's new articles: 2-4 cited sentences and the numbered sources."""
+    """The digest of a story's new articles: 2-4 cited sentences and the numbered sources.
+
+    A single article gets one sentence: its title and lede usually say the same thing. Fewer
+    than `min_sentences` also come back when every other candidate duplicates a chosen one.
+    """
     articles = update.new_articles
+    headline = " ".join(update.headline.split()) or (
+        " ".join(articles[0].title.split()) if articles else ""
+    )
     if not articles:
-        return StoryDigest(update.story_id, update.headline, 0, (), (), update.total_articles)
-    limit = max_sentences if len(articles) > 1 else min(max_sentences, max(1, min_sentences - 1))
-    chosen = _select(_candidates(articles), _article_texts(articles), limit)
-    # Number sources in order of first citation, then the rest in arrival order; list at most
-    # MAX_SOURCES and cite only listed ones.
-    order: list[int] = []
-    for _, support in chosen:
-        for index in support:
-            if index not in order:
-                order.append(index)
-    order += [i for i in range(len(articles)) if i not in order]
-    listed = order[:MAX_SOURCES]
+        return StoryDigest(update.story_id, headline, 0, (), (), update.total_articles)
+    limit = max_sentences if len(articles) > 1 else min(max_sentences, 1)
+    chosen = _select(
+        _candidates(articles), len(articles), limit=limit, minimum=min(min_sentences, limit)
+    )
+    listed = _listed_articles(chosen, len(articles))
     number = {index: n for n, index in enumerate(listed, start=1)}
-    sentences = []
-    for cand, support in chosen:
-        cites = tuple(sorted(number[i] for i in support if i in number))
-        if cites:
-            sentences.append(CitedSentence(cand.text, cites))
+    sentences = tuple(
+        CitedSentence(cand.text, tuple(sorted(number[i] for i in support if i in number)))
+        for cand, support in chosen
+    )
     sources = tuple(
         SourceRef(
             number[i],
-            articles[i].source.strip() or "Source",
-            articles[i].url,
-            articles[i].title,
+            " ".join(articles[i].source.split()) or "Source",
+            articles[i].url.strip(),
+            " ".join(articles[i].title.split()),
         )
         for i in listed
     )
     return StoryDigest(
-        update.story_id,
-        update.headline,
-        len(articles),
-        tuple(sentences),
-        sources,
-        update.total_articles,
+        update.story_id, headline, len(articles), sentences, sources, update.total_articles
     )
 
 

@@ -16,6 +16,7 @@ from bot.digests.compose import (
 )
 from bot.digests.render import (
     MAX_MESSAGE,
+    plain_fallback,
     render_group_digest,
     render_plain,
     render_story_digest,
@@ -218,19 +219,6 @@ def test_every_chunk_fits_telegram_and_keeps_citations_whole():
         assert not re.search(r"\[\d*$", message.rstrip()), "a citation was cut"
 
 
-def test_an_oversized_summary_splits_between_sentences():
-    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
-    long_sentences = [
-        article(i, " ".join(f"{vocab[i]}{j}" for j in range(500)), source=f"Outlet {i}")
-        for i in range(1, 5)
-    ]
-    messages = render_story_digest(compose_story_digest(update(long_sentences)))
-    assert len(messages) > 1
-    for message in messages:
-        assert telegram_length(message) <= MAX_MESSAGE
-        assert_valid(message)
-
-
 def test_telegram_length_counts_utf16_after_entities():
     assert telegram_length("<b>a&amp;b</b>") == 3
     assert telegram_length("😀") == 2
@@ -254,3 +242,12 @@ def test_button_callback_data_fits_telegram(following):
     for row in story_buttons(2**40, following=following):
         for _, data in row:
             assert len(data.encode()) <= 64
+
+
+def test_plain_fallback_fits_telegram_counting_utf16():
+    html_message = (
+        "<b>" + "😀" * 3000 + '</b> <a href="https://x.example/' + "y" * 3000 + '">link</a>'
+    )
+    text = plain_fallback(html_message)
+    assert len(text.encode("utf-16-le")) // 2 <= MAX_MESSAGE
+    assert "https://" not in text  # the URL did not fit, so names only

@@ -1,0 +1,168 @@
+"""Digest composition: which sentences are chosen and which articles they cite."""
+
+from __future__ import annotations
+
+from bot.digests.compose import (
+    MAX_SOURCES,
+    StoryDigest,
+    StoryUpdate,
+    compose_group_digest,
+    compose_story_digest,
+    split_sentences,
+)
+from tests.bot.digests import SUMMIT, article, update
+
+
+def outlets(digest: StoryDigest, numbers: tuple[int, ...]) -> set[str]:
+    return {digest.sources[n - 1].outlet for n in numbers}
+
+
+def test_summary_has_two_to_four_sentences():
+    digest = compose_story_digest(update(SUMMIT))
+    assert 2 <= len(digest.sentences) <= 4
+
+
+def test_max_sentences_caps_the_summary():
+    assert len(compose_story_digest(update(SUMMIT), max_sentences=2).sentences) == 2
+
+
+def test_a_single_article_gets_one_sentence():
+    digest = compose_story_digest(update(SUMMIT[:1]))
+    assert len(digest.sentences) == 1
+    assert digest.sentences[0].citations == (1,)
+
+
+def test_a_sentence_cites_every_article_that_says_it():
+    same = [
+        article(i, "Storm Ciaran batters southern England with 100mph winds", source=f"S{i}")
+        for i in range(1, 5)
+    ]
+    same.append(article(5, "Thousands without power after Storm Ciaran hits England"))
+    digest = compose_story_digest(update(same))
+    batters = next(s for s in digest.sentences if "batters" in s.text)
+    assert outlets(digest, batters.citations) == {"S1", "S2", "S3", "S4"}
+
+
+def test_a_paraphrase_in_another_outlet_counts_as_support():
+    digest = compose_story_digest(update(SUMMIT))
+    chips = next(s for s in digest.sentences if "semiconductor" in s.text)
+    assert outlets(digest, chips.citations) == {"Kyodo", "Korea Herald"}
+
+
+def test_sharing_only_the_names_is_not_support():
+    digest = compose_story_digest(update(SUMMIT))
+    arrived = next(s for s in digest.sentences if "arrived in Nara" in s.text)
+    assert "Reuters" not in outlets(digest, arrived.citations)
+
+
+def test_sources_are_numbered_in_order_of_first_citation():
+    digest = compose_story_digest(update(SUMMIT))
+    first_cited = list(dict.fromkeys(n for s in digest.sentences for n in s.citations))
+    assert first_cited == list(range(1, len(first_cited) + 1))
+    assert [s.number for s in digest.sources] == list(range(1, len(digest.sources) + 1))
+
+
+def test_every_new_article_is_listed_once():
+    digest = compose_story_digest(update(SUMMIT))
+    assert sorted(s.url for s in digest.sources) == sorted(a.url for a in SUMMIT)
+
+
+def test_near_duplicate_sentences_are_not_both_chosen():
+    same = [
+        article(i, "Storm Ciaran batters southern England with 100mph winds", f"Summary {i}.")
+        for i in range(1, 5)
+    ]
+    same.append(article(5, "Storm Ciaran batters southern England with 100 mph winds"))
+    same.append(article(6, "Thousands without power after Storm Ciaran hits England"))
+    digest = compose_story_digest(update(same))
+    assert sum("batters" in s.text for s in digest.sentences) == 1
+
+
+def test_a_sentence_mostly_said_already_is_skipped():
+    digest = compose_story_digest(update(SUMMIT))
+    texts = [s.text for s in digest.sentences]
+    assert not any("welcomed President Lee" in t for t in texts)
+
+
+def test_boilerplate_and_truncated_sentences_are_never_chosen():
+    digest = compose_story_digest(update(SUMMIT))
+    text = " ".join(s.text for s in digest.sentences)
+    for junk in ("Click here", "appeared first on", "(END)", "dominate the talks"):
+        assert junk not in text
+
+
+def test_datelines_are_stripped_from_summaries():
+    digest = compose_story_digest(update(SUMMIT))
+    assert digest.sentences[0].text.startswith("President Lee Jae-myung arrived")
+
+
+def test_a_title_becomes_a_sentence_without_its_outlet_suffix():
+    digest = compose_story_digest(
+        update([article(1, "LIVE: Chiquita and Fyffes agree merger - Reuters", source="Reuters")])
+    )
+    assert digest.sentences[0].text == "Chiquita and Fyffes agree merger."
+
+
+def test_a_title_ending_in_a_quote_still_gets_a_full_stop():
+    digest = compose_story_digest(update([article(1, "Oprah to Lohan: 'Vultures are ready'")]))
+    assert digest.sentences[0].text == "Oprah to Lohan: 'Vultures are ready'."
+
+
+def test_abbreviations_do_not_end_a_sentence():
+    text = "Mr. Lee met U.S. officials in Nara. They talked. Dr. J. Smith agreed."
+    assert split_sentences(text) == [
+        "Mr. Lee met U.S. officials in Nara.",
+        "They talked.",
+        "Dr. J. Smith agreed.",
+    ]
+
+
+def test_sources_are_capped_and_citations_only_reference_listed_sources():
+    burst = [
+        article(i, f"Leaders meet in Nara for summit on trade, report {i}", source=f"Outlet {i}")
+        for i in range(200)
+    ]
+    digest = compose_story_digest(update(burst))
+    assert len(digest.sources) == MAX_SOURCES
+    listed = {s.number for s in digest.sources}
+    assert all(set(s.citations) <= listed for s in digest.sentences)
+    assert digest.new_count == 200
+
+
+def test_every_sentence_keeps_its_own_article_when_sources_are_capped():
+    crowd = [article(i, "Storm Ciaran batters southern England with winds") for i in range(30)]
+    crowd += [
+        article(100, "Rail services cancelled across Kent as trees block lines"),
+        article(101, "Insurers brace for claims after the storm damages thousands of homes"),
+    ]
+    digest = compose_story_digest(update(crowd))
+    assert len(digest.sentences) >= 2
+    assert all(s.citations for s in digest.sentences)
+
+
+def test_oversized_titles_are_clipped_not_dropped():
+    digest = compose_story_digest(update([article(1, "word " * 3000), article(2, "x" * 10_000)]))
+    assert digest.sentences
+    assert all(len(s.text) <= 401 for s in digest.sentences)
+
+
+def test_an_update_without_articles_has_no_sentences():
+    digest = compose_story_digest(update([]))
+    assert (digest.sentences, digest.sources, digest.new_count) == ((), (), 0)
+
+
+def test_composition_is_deterministic():
+    assert compose_story_digest(update(SUMMIT)) == compose_story_digest(update(SUMMIT))
+
+
+def test_ties_are_broken_by_article_order():
+    twins = [article(1, "Alpha beta gamma delta epsilon"), article(2, "Zeta eta theta iota kappa")]
+    digest = compose_story_digest(update(twins), max_sentences=1)
+    assert digest.sources[0].url == "https://news.example/1"
+
+
+def test_group_digest_has_one_cited_sentence_per_story():
+    other = StoryUpdate(9, "Banana merger", 3, (article(9, "Chiquita and Fyffes agree merger"),))
+    digests = compose_group_digest([update(SUMMIT), other])
+    assert [len(d.sentences) for d in digests] == [1, 1]
+    assert all(d.sentences[0].citations for d in digests)
