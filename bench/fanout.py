@@ -32,6 +32,8 @@ from store.db import make_engine
 from store.migrate import upgrade
 from store.models import Article, Chat, Follow, OutboxMessage, Story
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' loopback Bot API server lives in tests/fakes
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 POLICY = DigestPolicy(debounce=Debounce(quiet=timedelta(0), max_wait=timedelta(0)))
 OUTLETS = ["Reuters", "AP", "BBC", "Kyodo", "Yonhap", "NHK", "AFP", "DW"]
@@ -143,8 +145,6 @@ async def bench_drain(tmp: str, rows: int, *, rate_limited: bool) -> tuple[float
     from telegram.ext import AIORateLimiter, ExtBot
 
     from bot.delivery import OutboxSender
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fake Bot API
     from tests.fakes.bot_api import FakeBotApi
 
     engine = _fresh_engine(tmp, f"drain{int(rate_limited)}")
