@@ -4,17 +4,22 @@
 cap, a redirect loop, a timeout, a refused connection) comes back as a `FetchResult` with a short
 human-readable `error`. Redirects are followed here rather than by httpx so that we know whether
 the whole chain was permanent (only then may the stored URL change).
+
+The body cap counts decompressed bytes and holds while streaming: gzip and deflate are inflated
+here with zlib's `max_length`, because httpx inflates each network read in one go and a 64 KiB
+read of a gzip bomb can become 64 MiB before any cap could look at it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,6 +30,7 @@ ACCEPT = (
     "application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, "
     "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
 )
+ACCEPT_ENCODING = "gzip, deflate"  # what _read_capped can inflate within the cap
 MAX_RETRY_AFTER = timedelta(hours=24)
 REDIRECTS = (301, 302, 303, 307, 308)
 PERMANENT = (301, 308)
@@ -60,7 +66,7 @@ class FetchResult:
     body: bytes | None = None
     etag: str | None = None
     last_modified: str | None = None
-    permanent_url: str | None = None  # set when every redirect on the way was 301/308
+    permanent_url: str | None = None  # every redirect was 301/308 and the target answered 2xx/304
     retry_after: timedelta | None = None
     content_type: str | None = None
     error: str | None = None
@@ -72,7 +78,11 @@ def make_http_client(limits: FetchLimits) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(limits.timeout),
         follow_redirects=False,
-        headers={"User-Agent": limits.user_agent, "Accept": ACCEPT},
+        headers={
+            "User-Agent": limits.user_agent,
+            "Accept": ACCEPT,
+            "Accept-Encoding": ACCEPT_ENCODING,
+        },
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
     )
 
@@ -82,8 +92,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> time
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        delay = timedelta(seconds=int(value))
+    if value.isascii() and value.isdigit():
+        # Clamp before building the timedelta: "99999999999999" would overflow it.
+        delay = timedelta(seconds=min(int(value), int(MAX_RETRY_AFTER.total_seconds())))
     else:
         try:
             when = parsedate_to_datetime(value)
@@ -93,6 +104,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> time
             when = when.replace(tzinfo=UTC)
         delay = when - (now or datetime.now(UTC))
     return max(timedelta(0), min(delay, MAX_RETRY_AFTER))
+
+
+def _http_error(status: int) -> str:
+    # The standard phrase, not the server's: reason phrases are free text ("OK", "NOT FOUND", "").
+    return f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".strip()
 
 
 def _mib(n: int) -> str:
@@ -131,6 +147,10 @@ async def fetch_feed(
     return replace(result, elapsed=time.monotonic() - started)
 
 
+class _TooLarge(Exception):
+    """The decoded body passed the cap while streaming."""
+
+
 async def _fetch(
     client: httpx.AsyncClient,
     url: str,
@@ -144,43 +164,71 @@ async def _fetch(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    current, permanent, seen = url, True, {url}
+    current, permanent = url, True
+    seen: set[str] = set()
+    last_status: int | None = None
     for _ in range(limits.max_redirects + 1):
-        if urlsplit(current).scheme.lower() not in ("http", "https"):
+        if _scheme(current) not in ("http", "https"):
             return FetchResult(
                 FetchOutcome.INVALID_URL,
-                None,
+                last_status,
                 current,
                 error=f"not an http(s) URL: {current[:200]}",
             )
         request = client.build_request("GET", current, headers=headers)
+        seen.add(str(request.url))  # httpx's spelling: host lowercased, default port dropped
         response = await client.send(request, stream=True)
         try:
             location = response.headers.get("location")
             if response.status_code in REDIRECTS and location:
+                last_status = response.status_code
                 permanent = permanent and response.status_code in PERMANENT
-                target = urljoin(current, location.strip())
+                # httpx has already refused an unparseable Location (RemoteProtocolError)
+                target = str(request.url.join(location.strip()))
                 if target in seen:
                     return FetchResult(
                         FetchOutcome.REDIRECT_LOOP,
-                        response.status_code,
+                        last_status,
                         current,
                         error=f"redirect loop at {target[:200]}",
                     )
-                seen.add(target)
                 current = target
                 continue
             return await _finish(
-                response, url, current, permanent, sent_validator=bool(headers), limits=limits
+                response,
+                url,
+                current,
+                permanent,
+                sent=(etag, last_modified),
+                limits=limits,
             )
         finally:
             await response.aclose()
     return FetchResult(
         FetchOutcome.TOO_MANY_REDIRECTS,
-        None,
+        last_status,
         current,
         error=f"more than {limits.max_redirects} redirects",
     )
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def _unchanged(response: httpx.Response, sent: tuple[str | None, str | None]) -> bool:
+    """An empty 200 means "not modified" when we sent a validator and it did not change."""
+    etag, last_modified = sent
+    if not (etag or last_modified):
+        return False
+    new_etag = response.headers.get("etag")
+    new_modified = response.headers.get("last-modified")
+    if etag and new_etag and new_etag != etag:
+        return False
+    return not (last_modified and new_modified and new_modified != last_modified)
 
 
 async def _finish(
@@ -189,17 +237,22 @@ async def _finish(
     current: str,
     permanent: bool,
     *,
-    sent_validator: bool,
+    sent: tuple[str | None, str | None],
     limits: FetchLimits,
 ) -> FetchResult:
     status = response.status_code
+    common = {"status": status, "final_url": current}
+    # Only a URL that answered is worth storing: after 301 -> 404 the old URL still leads here.
     moved = current if permanent and current != url else None
     new_etag = response.headers.get("etag")
     new_modified = response.headers.get("last-modified")
-    common = {"status": status, "final_url": current, "permanent_url": moved}
     if status == 304:
         return FetchResult(
-            FetchOutcome.NOT_MODIFIED, etag=new_etag, last_modified=new_modified, **common
+            FetchOutcome.NOT_MODIFIED,
+            etag=new_etag,
+            last_modified=new_modified,
+            permanent_url=moved,
+            **common,
         )
     if status == 410:
         return FetchResult(FetchOutcome.GONE, error="HTTP 410 Gone", **common)
@@ -207,39 +260,73 @@ async def _finish(
         return FetchResult(
             FetchOutcome.RATE_LIMITED,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
-            error=f"HTTP {status} {response.reason_phrase}".strip(),
+            error=_http_error(status),
             **common,
         )
-    if status >= 400 or status < 200:
+    if not 200 <= status < 300:  # includes a 3xx without a Location
         return FetchResult(
             FetchOutcome.HTTP_ERROR,
-            error=f"HTTP {status} {response.reason_phrase}".strip(),
+            error=_http_error(status),
             **common,
         )
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > limits.max_bytes:
         return FetchResult(
             FetchOutcome.TOO_LARGE,
-            error=f"body of {_mib(int(declared))} exceeds the {_mib(limits.max_bytes)} cap",
+            error=f"body of {_mib(int(declared))} exceeds {_mib(limits.max_bytes)}",
             **common,
         )
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limits.max_bytes:
-            return FetchResult(
-                FetchOutcome.TOO_LARGE,
-                error=f"body exceeds the {_mib(limits.max_bytes)} cap",
-                **common,
-            )
-    if not body and sent_validator:
+    try:
+        body = await _read_capped(response, limits.max_bytes)
+    except _TooLarge:
+        return FetchResult(
+            FetchOutcome.TOO_LARGE, error=f"body exceeds {_mib(limits.max_bytes)}", **common
+        )
+    except zlib.error as exc:
+        return FetchResult(
+            FetchOutcome.NETWORK_ERROR, error=f"could not decompress the body: {exc}", **common
+        )
+    if not body and _unchanged(response, sent):
         # Some servers answer an unchanged feed with an empty 200 instead of a 304.
-        return FetchResult(FetchOutcome.NOT_MODIFIED, **common)
+        return FetchResult(FetchOutcome.NOT_MODIFIED, permanent_url=moved, **common)
     return FetchResult(
         FetchOutcome.OK,
-        body=bytes(body),
+        body=body,
         etag=new_etag,
         last_modified=new_modified,
         content_type=response.headers.get("content-type"),
+        permanent_url=moved,
         **common,
     )
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    """The decoded body, or _TooLarge as soon as it passes `cap` bytes."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    body = bytearray()
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        # identity, or something a caller's own client negotiated: httpx decodes it
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > cap:
+                raise _TooLarge
+        return bytes(body)
+    # 32 + MAX_WBITS detects a gzip or zlib header; some servers send raw deflate for "deflate".
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    first = True
+    async for raw in response.aiter_raw():
+        data = raw
+        while data:
+            try:
+                out = inflater.decompress(data, cap + 1 - len(body))
+            except zlib.error:
+                if not (first and encoding == "deflate"):
+                    raise
+                inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = inflater.decompress(data, cap + 1 - len(body))
+            first = False
+            body += out
+            if len(body) > cap:
+                raise _TooLarge
+            data = inflater.unconsumed_tail
+    return bytes(body)

@@ -1,15 +1,17 @@
 """Parsing fetched feed bytes into plain, cleaned entries.
 
 feedparser does the format and charset work (RSS 0.9x-2.0, RSS 1.0, Atom; HTTP and XML charset
-declarations, with fallbacks); it is always handed bytes, never a URL. Tags are stripped with the
-standard library's HTMLParser: all we need is the text, so a sanitiser or an HTML5 parser would be
-a large dependency for nothing.
+declarations, with fallbacks). It is always handed a BytesIO, never a URL or bare bytes: given
+bytes that happen to spell a local path, feedparser opens and parses that file. Tags are stripped
+with the standard library's HTMLParser: all we need is the text, so a sanitiser or an HTML5 parser
+would be a large dependency for nothing.
 """
 
 from __future__ import annotations
 
 import calendar
 import hashlib
+import io
 import re
 import time
 from dataclasses import dataclass
@@ -126,6 +128,10 @@ def _entry_key(entry: feedparser.FeedParserDict, title: str, summary: str) -> st
     return "sha1:" + hashlib.sha1(basis.encode("utf-8")).hexdigest()
 
 
+def _is_web_url(value: object) -> bool:
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
 def _looks_like_html(body: bytes, content_type: str | None) -> bool:
     if content_type and "html" in content_type.lower() and "xml" not in content_type.lower():
         return True
@@ -135,19 +141,29 @@ def _looks_like_html(body: bytes, content_type: str | None) -> bool:
 def parse_feed(
     body: bytes, *, url: str, content_type: str | None, fetched_at: datetime
 ) -> ParsedFeed:
-    """Entries from feed bytes; a bozo feed yields what it can. Raises NotAFeed otherwise."""
+    """Entries from feed bytes; a bozo feed yields what it can. Raises NotAFeed otherwise.
+
+    `url` is where the bytes came from (the base for relative links); `fetched_at` (aware) stands
+    in for missing dates and caps future ones.
+    """
+    if fetched_at.tzinfo is None:
+        raise ValueError("fetched_at must be timezone-aware")
+    if not body.strip():
+        raise NotAFeed("the response body was empty")
     headers = {"content-location": url}
     if content_type:
         headers["content-type"] = content_type
+    # sanitize_html is off because clean_text keeps only the text anyway; relative URIs resolve
+    # against content-location so entry links come out absolute.
     parsed = feedparser.parse(
-        body, response_headers=headers, sanitize_html=False, resolve_relative_uris=True
+        io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=True
     )
     warnings: list[str] = []
     if parsed.get("bozo"):
         warnings.append(f"{type(parsed.bozo_exception).__name__}: {parsed.bozo_exception}"[:300])
     if not parsed.entries and not parsed.get("version"):
         if _looks_like_html(body, content_type):
-            raise NotAFeed("the URL served an HTML page, not RSS/Atom")
+            raise NotAFeed("the URL served HTML, not RSS/Atom")
         reason = warnings[0] if warnings else "no RSS or Atom elements found"
         raise NotAFeed(f"not a feed: {reason}")
     entries: list[ParsedEntry] = []
@@ -168,7 +184,7 @@ def parse_feed(
             continue
         seen.add(key)
         link = entry.get("link") or ""
-        link = canonical_url(link) if link.lower().startswith(("http://", "https://")) else ""
+        link = canonical_url(link) if _is_web_url(link) else ""
         source = entry.get("source") or {}
         entries.append(
             ParsedEntry(
@@ -184,9 +200,10 @@ def parse_feed(
             )
         )
     feed = parsed.get("feed", {})
+    site_url = feed.get("link") or ""
     return ParsedFeed(
         title=clean_text(feed.get("title") or "", limit=200),
-        site_url=feed.get("link") or "",
+        site_url=canonical_url(site_url) if _is_web_url(site_url) else "",
         entries=tuple(entries),
         warnings=tuple(warnings),
         skipped=skipped,

@@ -6,7 +6,7 @@ over the parsed parts, and a URL library would add a dependency for no extra cor
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["canonical_url", "validate_feed_url", "TRACKING_PARAMS"]
 
@@ -36,8 +36,18 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _is_tracking(name: str) -> bool:
-    lowered = name.lower()
+    lowered = unquote_plus(name).lower()
     return lowered.startswith("utm_") or lowered in TRACKING_PARAMS
+
+
+def _strip_tracking(query: str) -> str:
+    """Drop tracking parameters, keeping every other one byte for byte and in order.
+
+    Re-encoding the query (parse_qsl + urlencode) would respell `?t=10:30` as `?t=10%3A30` and
+    `?flag` as `?flag=`, which some servers treat differently.
+    """
+    kept = [part for part in query.split("&") if part and not _is_tracking(part.split("=", 1)[0])]
+    return "&".join(kept)
 
 
 def canonical_url(url: str) -> str:
@@ -61,10 +71,7 @@ def canonical_url(url: str) -> str:
         if parts.password:
             auth += f":{parts.password}"
         netloc = f"{auth}@{netloc}"
-    query = [
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)
-    ]
-    return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query, doseq=True), ""))
+    return urlunsplit((scheme, netloc, parts.path or "/", _strip_tracking(parts.query), ""))
 
 
 def validate_feed_url(url: str) -> str:
@@ -83,6 +90,8 @@ def validate_feed_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ValueError(f"cannot parse URL ({exc})") from None
+    if "://" not in url:  # "example.com/feed" or "localhost:8080/feed"
+        raise ValueError("URL must start with http:// or https://")
     if parts.scheme.lower() not in DEFAULT_PORTS:
         raise ValueError("only http:// and https:// feeds can be polled")
     if not parts.hostname:

@@ -1,0 +1,54 @@
+"""Fixtures for the fetch and parse tests: a fresh threaded loopback server and a client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from pytest_httpserver import HTTPServer
+
+from bot.feeds.fetch import FetchLimits, make_http_client
+
+
+@pytest.fixture
+def unblock() -> threading.Event:
+    """Set at teardown: slow handlers wait on it, so no server thread outlives its test."""
+    return threading.Event()
+
+
+@pytest.fixture(scope="session")
+def threaded_server() -> Iterator[HTTPServer]:
+    """One threaded loopback server for the session (stopping one costs werkzeug's 0.5 s poll)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        if server.is_running():
+            server.stop()
+
+
+@pytest.fixture
+def httpserver(threaded_server: HTTPServer, unblock: threading.Event) -> Iterator[HTTPServer]:
+    """Shadows pytest-httpserver's single-threaded server: a handler that stalls (the timeout
+    tests) must not hold up other requests. Handlers and the request log are fresh per test."""
+    threaded_server.clear()
+    try:
+        yield threaded_server
+    finally:
+        unblock.set()
+        threaded_server.clear()
+
+
+@pytest.fixture
+def limits() -> FetchLimits:
+    return FetchLimits(timeout=5.0, max_bytes=256 * 1024)
+
+
+@pytest.fixture
+async def client(limits: FetchLimits) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_http_client(limits) as http:
+        yield http
