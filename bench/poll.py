@@ -22,7 +22,7 @@ from email.utils import format_datetime
 import sqlalchemy as sa
 
 from bot.feeds.fetch import FetchLimits, make_http_client
-from bot.feeds.poller import FeedPoller, PollPolicy
+from bot.feeds.poller import FeedPoller, PollPolicy, parser_pool
 from store.db import make_engine, session_scope
 from store.feeds import add_feed
 from store.migrate import upgrade
@@ -102,7 +102,9 @@ def serve(port_out: multiprocessing.Queue, feeds: int, entries: int) -> None:
     asyncio.run(main())
 
 
-async def one_run(port: int, feeds: int, concurrency: int) -> tuple[float, float, int]:
+async def one_run(
+    port: int, feeds: int, concurrency: int, processes: int
+) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{tmp}/bench.db")
         upgrade(engine)
@@ -115,8 +117,9 @@ async def one_run(port: int, feeds: int, concurrency: int) -> tuple[float, float
             per_host_concurrency=concurrency,
             limits=FetchLimits(timeout=30),
         )
+        parsers = parser_pool(processes)
         async with make_http_client(policy.limits) as client:
-            poller = FeedPoller(engine, client, policy)
+            poller = FeedPoller(engine, client, policy, parsers=parsers)
             t0 = time.perf_counter()
             cold = await poller.poll_due()
             cold_s = time.perf_counter() - t0
@@ -125,6 +128,8 @@ async def one_run(port: int, feeds: int, concurrency: int) -> tuple[float, float
             t0 = time.perf_counter()
             warm = await poller.poll_due()
             warm_s = time.perf_counter() - t0
+        if parsers is not None:
+            parsers.shutdown()
         assert cold.ok == feeds, f"cold pass: {cold.line()}"
         assert warm.not_modified == feeds, f"304 pass: {warm.line()}"
         engine.dispose()
@@ -137,6 +142,9 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--parse-processes", type=int, default=2, help="as PARSE_PROCESSES; 0 parses in threads"
+    )
     args = parser.parse_args()
 
     ports: multiprocessing.Queue = multiprocessing.Queue()
@@ -148,7 +156,9 @@ def main() -> None:
     colds, warms, articles = [], [], 0
     try:
         for _ in range(args.repeat):
-            cold_s, warm_s, articles = asyncio.run(one_run(port, args.feeds, args.concurrency))
+            cold_s, warm_s, articles = asyncio.run(
+                one_run(port, args.feeds, args.concurrency, args.parse_processes)
+            )
             colds.append(cold_s)
             warms.append(warm_s)
     finally:
@@ -156,14 +166,16 @@ def main() -> None:
     cold, warm = statistics.median(colds), statistics.median(warms)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"feeds={args.feeds} entries={args.entries} concurrency={args.concurrency} runs={args.repeat}"
+        f"feeds={args.feeds} entries={args.entries} concurrency={args.concurrency} "
+        f"parse_processes={args.parse_processes} runs={args.repeat}"
     )
     print(
         f"cold pass : {cold:6.2f} s  {args.feeds / cold:8.1f} feeds/s  {articles / cold:9.1f} articles/s"
     )
     print(f"304 pass  : {warm:6.2f} s  {args.feeds / warm:8.1f} feeds/s")
     print(f"304 pass is {cold / warm:.1f}x faster than the cold pass")
-    print(f"peak RSS (poller process): {rss_mb:.0f} MB")
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS: poller process {rss_mb:.0f} MB; largest child process {children_mb:.0f} MB")
 
 
 if __name__ == "__main__":

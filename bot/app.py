@@ -11,6 +11,7 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,7 +34,7 @@ from bot.delivery import OutboxSender
 from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
 from bot.digests.schedule import Debounce
 from bot.feeds.fetch import make_http_client
-from bot.feeds.poller import FeedPoller, poll_policy
+from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
 from bot.following import follow_matching_topics
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
@@ -68,6 +69,7 @@ class Services:
     sender: OutboxSender | None = None
     digest_policy: DigestPolicy = field(default_factory=DigestPolicy)
     poll_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    parsers: Executor | None = None
 
     def now(self) -> datetime:
         return self.clock()
@@ -139,6 +141,7 @@ async def _post_init(application: Application) -> None:
     services: Services = application.bot_data["services"]
     await asyncio.to_thread(upgrade, services.engine)
     services.http = make_http_client(poll_policy(services.settings).limits)
+    services.parsers = parser_pool(services.settings.parse_processes)
     services.stories = await asyncio.to_thread(
         StoryService.open,
         services.engine,
@@ -157,6 +160,8 @@ async def _post_shutdown(application: Application) -> None:
         await services.sender.release()
     if services.http is not None:
         await services.http.aclose()
+    if services.parsers is not None:
+        services.parsers.shutdown(cancel_futures=True)
     services.engine.dispose()
 
 
@@ -167,7 +172,11 @@ async def poll_tick(context: StorywireContext) -> None:
         return
     async with services.poll_lock:
         poller = FeedPoller(
-            services.engine, services.http, poll_policy(services.settings), clock=services.clock
+            services.engine,
+            services.http,
+            poll_policy(services.settings),
+            clock=services.clock,
+            parsers=services.parsers,
         )
         summary = await poller.poll_due()
         if summary.feeds:

@@ -179,7 +179,7 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
     from tqdm import tqdm
 
     from bot.feeds.fetch import make_http_client
-    from bot.feeds.poller import FeedPoller, poll_policy
+    from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
 
     policy = poll_policy(settings)
     bar: tqdm | None = None
@@ -192,9 +192,14 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
         if bar is not None:
             bar.update(1)
 
-    async with make_http_client(policy.limits) as client:
-        poller = FeedPoller(engine, client, policy)
-        summary = await poller.poll_due(on_start=on_start, on_feed_done=on_done)
+    parsers = parser_pool(settings.parse_processes)
+    try:
+        async with make_http_client(policy.limits) as client:
+            poller = FeedPoller(engine, client, policy, parsers=parsers)
+            summary = await poller.poll_due(on_start=on_start, on_feed_done=on_done)
+    finally:
+        if parsers is not None:
+            parsers.shutdown()
     if bar is not None:
         bar.close()
     if summary.skipped_lease:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     poll_interval_seconds: int = Field(default=900, ge=30, le=86400)
     poll_concurrency: int = Field(default=20, ge=1, le=500)
     poll_per_host_concurrency: int = Field(default=4, ge=1, le=100)
+    parse_processes: int = Field(default=2, ge=0, le=64)
     http_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
     max_feed_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     max_redirects: int = Field(default=5, ge=0, le=20)

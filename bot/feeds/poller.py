@@ -8,10 +8,13 @@ feed's failure only moves that feed's schedule back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import multiprocessing
 import os
 import socket
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -29,7 +32,15 @@ from store.feeds import due_feeds, find_feed, get_feed
 from store.leases import acquire_lease, release_lease
 from store.models import Feed, FeedStatus
 
-__all__ = ["FeedPoller", "PollPolicy", "PollSummary", "FeedOutcome", "backoff_delay", "poll_policy"]
+__all__ = [
+    "FeedPoller",
+    "PollPolicy",
+    "PollSummary",
+    "FeedOutcome",
+    "backoff_delay",
+    "parser_pool",
+    "poll_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,18 @@ def poll_policy(settings: Settings) -> PollPolicy:
     )
 
 
+def parser_pool(processes: int) -> ProcessPoolExecutor | None:
+    """Worker processes for parsing feeds, or None to parse in threads (processes == 0).
+
+    forkserver, not fork: the poller's process has threads (asyncio's, the database pool's).
+    """
+    if processes <= 0:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=processes, mp_context=multiprocessing.get_context("forkserver")
+    )
+
+
 def backoff_delay(interval: timedelta, failures: int) -> timedelta:
     """Exponential backoff per feed: interval * 2**(failures-1), capped at 24 h."""
     if failures <= 0:
@@ -123,8 +146,10 @@ class FeedPoller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         holder: str | None = None,
+        parsers: Executor | None = None,
     ) -> None:
         self._engine = engine
+        self._parsers = parsers
         self._client = client
         self._policy = policy
         self._clock = clock
@@ -209,14 +234,16 @@ class FeedPoller:
         parse_error: str | None = None
         fetched_at = self._clock()
         if result.outcome is FetchOutcome.OK and result.body is not None:
+            parse = functools.partial(
+                parse_feed,
+                result.body,
+                url=result.final_url,
+                content_type=result.content_type,
+                fetched_at=fetched_at,
+            )
             try:
-                parsed = await asyncio.to_thread(
-                    parse_feed,
-                    result.body,
-                    url=result.final_url,
-                    content_type=result.content_type,
-                    fetched_at=fetched_at,
-                )
+                # feedparser is CPU-bound: worker processes when given, else a thread.
+                parsed = await asyncio.get_running_loop().run_in_executor(self._parsers, parse)
             except NotAFeed as exc:
                 parse_error = str(exc)
         async with self._write_lock:
