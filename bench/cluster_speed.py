@@ -21,9 +21,66 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "ha", "ju", "pe", "qu", "ro", "ba", "de", "fi", "go"]
-VERBS = ["wins", "loses", "announces", "rejects", "signs", "launches", "halts", "backs", "sues", "meets", "warns", "unveils"]
-COMMON = ["government", "minister", "company", "market", "court", "police", "report", "deal", "talks", "plan", "vote", "shares", "election", "storm", "crisis", "probe", "study", "health", "bank", "rate", "price", "record", "year", "first"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "ze",
+    "ha",
+    "ju",
+    "pe",
+    "qu",
+    "ro",
+    "ba",
+    "de",
+    "fi",
+    "go",
+]
+VERBS = [
+    "wins",
+    "loses",
+    "announces",
+    "rejects",
+    "signs",
+    "launches",
+    "halts",
+    "backs",
+    "sues",
+    "meets",
+    "warns",
+    "unveils",
+]
+COMMON = [
+    "government",
+    "minister",
+    "company",
+    "market",
+    "court",
+    "police",
+    "report",
+    "deal",
+    "talks",
+    "plan",
+    "vote",
+    "shares",
+    "election",
+    "storm",
+    "crisis",
+    "probe",
+    "study",
+    "health",
+    "bank",
+    "rate",
+    "price",
+    "record",
+    "year",
+    "first",
+]
 
 
 def pseudo(rng: random.Random) -> str:
