@@ -239,3 +239,12 @@ def _chat_status(services, chat_id: int) -> str | None:  # type: ignore[no-untyp
 def _make_feeds_due(services) -> None:  # type: ignore[no-untyped-def]
     with services.engine.begin() as conn:
         conn.execute(sa.update(Feed).values(next_poll_at=datetime.now(UTC) - timedelta(seconds=1)))
+
+
+async def test_the_rate_limiter_retries_a_reply_after_429(api, tmp_path):
+    settings = e2e_settings(api.url, f"sqlite:///{tmp_path / 'rl.db'}", rate_limit_max_retries=1)
+    async with running_bot(settings):
+        api.rate_limit("sendMessage", 1, chat_id=USER)
+        reply = await say(api, USER, "/help", within=10)
+    assert "Storywire" in reply
+    assert len([c for c in api.calls("sendMessage") if str(c.get("chat_id")) == str(USER)]) == 2
