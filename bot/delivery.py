@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +32,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, Re
 from bot.digests.render import plain_fallback
 from store.chats import migrate_chat, set_chat_status
 from store.db import session_scope
-from store.leases import acquire_lease, release_lease
+from store.leases import acquire_lease, process_holder, release_lease
 from store.models import ChatStatus, OutboxMessage
 from store.outbox import (
     claim,
@@ -85,7 +83,7 @@ class OutboxSender:
     ) -> None:
         self._engine = engine
         self._bot = bot
-        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self._holder = holder or process_holder()
         self._clock = clock
         self._claim_ttl = claim_ttl
         self._lease_ttl = lease_ttl

@@ -7,7 +7,7 @@ from telegram.ext import Application, CommandHandler
 
 from bot.app import StorywireContext
 from bot.feeds.urls import validate_feed_url
-from handlers.common import BadArgument, checked_argument, esc, is_bot_admin, reply, run_db
+from handlers.common import esc, is_bot_admin, reply, required_argument, run_db
 from store.db import session_scope
 from store.feeds import add_feed, enable_feed, find_feed, list_feeds_with_counts, remove_feed
 
@@ -44,12 +44,11 @@ async def addfeed(update: Update, context: StorywireContext) -> None:
     if not is_bot_admin(update, context):
         await reply(update, NOT_ADMIN)
         return
-    try:
-        raw = checked_argument(context, usage="Use /addfeed URL")
-        url = validate_feed_url(raw)
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    raw = await required_argument(update, context, usage="Use /addfeed URL")
+    if raw is None:
         return
+    try:
+        url = validate_feed_url(raw)
     except ValueError as exc:
         await reply(update, f"That is not a feed URL: {esc(exc)}")
         return
@@ -65,10 +64,8 @@ async def removefeed(update: Update, context: StorywireContext) -> None:
     if not is_bot_admin(update, context):
         await reply(update, NOT_ADMIN)
         return
-    try:
-        target = checked_argument(context, usage="Use /removefeed ID (see /feeds)")
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    target = await required_argument(update, context, usage="Use /removefeed ID (see /feeds)")
+    if target is None:
         return
     url = await run_db(_remove, context.services.engine, target)
     if url is None:

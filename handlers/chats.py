@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from telegram import ChatMemberUpdated, Update
+from telegram import Chat, ChatMemberUpdated, Update
 from telegram.constants import ChatMemberStatus
 from telegram.ext import Application, ChatMemberHandler, MessageHandler, TypeHandler, filters
 
@@ -27,6 +27,10 @@ async def record(update: Update, context: StorywireContext) -> None:
         return
     if update.effective_message is not None and update.effective_message.migrate_to_chat_id:
         return
+    await _record(context, chat)
+
+
+async def _record(context: StorywireContext, chat: Chat) -> None:
     s = context.services
     await run_db(
         svc.record_chat,
@@ -57,16 +61,7 @@ async def my_chat_member(update: Update, context: StorywireContext) -> None:
         log.info("chat %s: bot %s; pausing deliveries", chat.id, new)
         await run_db(_set_status, s.engine, chat.id, status, s.now())
         return
-    await run_db(
-        svc.record_chat,
-        s.engine,
-        chat.id,
-        type=chat.type,
-        title=chat.title,
-        username=chat.username,
-        now=s.now(),
-        default_timezone=s.settings.default_timezone,
-    )
+    await _record(context, chat)
     if change.old_chat_member.status in GONE and chat.type != "private":
         await context.bot.send_message(
             chat.id,

@@ -52,6 +52,15 @@ def checked_argument(context: StorywireContext, *, usage: str) -> str:
     return text
 
 
+async def required_argument(update: Update, context: StorywireContext, *, usage: str) -> str | None:
+    """The command's argument, or None after telling the user what to send instead."""
+    try:
+        return checked_argument(context, usage=usage)
+    except BadArgument as exc:
+        await reply(update, str(exc))
+        return None
+
+
 def parse_story_id(text: str) -> int | None:
     text = text.strip().lstrip("#")
     if text.isdigit() and len(text) <= 12:

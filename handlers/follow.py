@@ -7,7 +7,7 @@ from telegram.ext import Application, CommandHandler
 
 from bot import following as svc
 from bot.app import StorywireContext
-from handlers.common import BadArgument, checked_argument, esc, parse_story_id, reply, run_db
+from handlers.common import esc, parse_story_id, reply, required_argument, run_db
 
 FOLLOW_USAGE = (
     "Use /follow ID to follow a story (ids are in /top), or /follow words to follow a topic: "
@@ -16,10 +16,8 @@ FOLLOW_USAGE = (
 
 
 async def follow(update: Update, context: StorywireContext) -> None:
-    try:
-        text = checked_argument(context, usage=FOLLOW_USAGE)
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    text = await required_argument(update, context, usage=FOLLOW_USAGE)
+    if text is None:
         return
     s = context.services
     chat_id = update.effective_chat.id  # type: ignore[union-attr]
@@ -63,12 +61,10 @@ async def follow(update: Update, context: StorywireContext) -> None:
 
 
 async def unfollow(update: Update, context: StorywireContext) -> None:
-    try:
-        text = checked_argument(
-            context, usage="Use /unfollow ID or /unfollow words (see /following)."
-        )
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    text = await required_argument(
+        update, context, usage="Use /unfollow ID or /unfollow words (see /following)."
+    )
+    if text is None:
         return
     chat_id = update.effective_chat.id  # type: ignore[union-attr]
     target = str(parse_story_id(text)) if parse_story_id(text) is not None else text

@@ -8,12 +8,11 @@ from telegram.ext import Application, CommandHandler
 from bot import following as svc
 from bot.app import StorywireContext
 from handlers.common import (
-    BadArgument,
     argument_text,
-    checked_argument,
     esc,
     parse_story_id,
     reply,
+    required_argument,
     run_db,
 )
 
@@ -78,10 +77,10 @@ def story_keyboard(story_id: int, following: bool) -> InlineKeyboardMarkup:
 
 
 async def story(update: Update, context: StorywireContext) -> None:
-    try:
-        text = checked_argument(context, usage="Use /story ID, e.g. /story 42 (ids are in /top).")
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    text = await required_argument(
+        update, context, usage="Use /story ID, e.g. /story 42 (ids are in /top)."
+    )
+    if text is None:
         return
     story_id = parse_story_id(text)
     if story_id is None:
@@ -98,10 +97,10 @@ async def story(update: Update, context: StorywireContext) -> None:
 
 
 async def search(update: Update, context: StorywireContext) -> None:
-    try:
-        words = checked_argument(context, usage="Use /search words, e.g. /search Nara summit")
-    except BadArgument as exc:
-        await reply(update, str(exc))
+    words = await required_argument(
+        update, context, usage="Use /search words, e.g. /search Nara summit"
+    )
+    if words is None:
         return
     s = context.services
     cards = await run_db(svc.search, s.engine, words, now=s.now())

@@ -6,6 +6,8 @@ processes racing for the same lease cannot both win, on SQLite or PostgreSQL.
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -13,6 +15,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from store.models import Lease
+
+
+def process_holder() -> str:
+    """This process's name as a lease holder: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def acquire_lease(engine: Engine, name: str, holder: str, *, ttl: timedelta, now: datetime) -> bool:

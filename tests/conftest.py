@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from store.db import make_engine
 from store.migrate import upgrade
-from tests.fakes.feeds import feed_server  # noqa: F401  (a shared fixture)
+from tests.fakes.feeds import feed_server, loopback_server  # noqa: F401  (shared fixtures)
 
 PG_URL = os.environ.get("STORYWIRE_TEST_DATABASE_URL")
 DB_KINDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]

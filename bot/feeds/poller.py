@@ -11,8 +11,6 @@ import asyncio
 import functools
 import logging
 import multiprocessing
-import os
-import socket
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from bot.feeds.parse import NotAFeed, ParsedFeed, parse_feed
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.feeds import due_feeds, find_feed, get_feed
-from store.leases import acquire_lease, release_lease
+from store.leases import acquire_lease, process_holder, release_lease
 from store.models import Feed, FeedStatus
 
 __all__ = [
@@ -131,10 +129,6 @@ class _FeedJob:
     last_modified: str | None
 
 
-def _holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class FeedPoller:
     """One pass over the due feeds. Safe to run twice: a DB lease keeps a second poller out."""
 
@@ -153,7 +147,7 @@ class FeedPoller:
         self._client = client
         self._policy = policy
         self._clock = clock
-        self._holder = holder or _holder_id()
+        self._holder = holder or process_holder()
         self._write_lock = asyncio.Lock()
         self._host_limits: dict[str, asyncio.Semaphore] = {}
 

@@ -45,10 +45,11 @@ def rss(items: Sequence[Item], *, title: str = "Test Feed") -> bytes:
     ).encode()
 
 
-@pytest.fixture
-def feed_server() -> Iterator[HTTPServer]:
-    """A threaded loopback HTTP server: a slow feed never holds up the others."""
-    server = HTTPServer(host="127.0.0.1", threaded=True)
+@pytest.fixture(scope="session")
+def loopback_server() -> Iterator[HTTPServer]:
+    """One threaded loopback HTTP server for the session: a slow feed never holds up the others,
+    and it is not restarted per test (stopping one costs werkzeug's 0.5 s poll)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
     server.start()
     try:
         yield server
@@ -56,3 +57,13 @@ def feed_server() -> Iterator[HTTPServer]:
         server.clear()
         if server.is_running():
             server.stop()
+
+
+@pytest.fixture
+def feed_server(loopback_server: HTTPServer) -> Iterator[HTTPServer]:
+    """The loopback server with no handlers and an empty request log, for one test."""
+    loopback_server.clear()
+    try:
+        yield loopback_server
+    finally:
+        loopback_server.clear()

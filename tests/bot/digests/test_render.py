@@ -18,6 +18,7 @@ from bot.digests.compose import (
 )
 from bot.digests.render import (
     MAX_MESSAGE,
+    plain_fallback,
     render_group_digest,
     render_plain,
     render_story_digest,
@@ -261,3 +262,12 @@ def test_button_callback_data_fits_telegram(following: bool):
 def test_story_ids_too_long_for_callback_data_are_rejected():
     with pytest.raises(ValueError):
         story_buttons(10**70)
+
+
+def test_plain_fallback_fits_telegram_counting_utf16():
+    html_message = (
+        "<b>" + "😀" * 3000 + '</b> <a href="https://x.example/' + "y" * 3000 + '">link</a>'
+    )
+    text = plain_fallback(html_message)
+    assert len(text.encode("utf-16-le")) // 2 <= MAX_MESSAGE
+    assert "https://" not in text  # the URL did not fit, so names only

@@ -18,29 +18,14 @@ def unblock() -> threading.Event:
     return threading.Event()
 
 
-@pytest.fixture(scope="session")
-def threaded_server() -> Iterator[HTTPServer]:
-    """One threaded loopback server for the session (stopping one costs werkzeug's 0.5 s poll)."""
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
-
-
 @pytest.fixture
-def httpserver(threaded_server: HTTPServer, unblock: threading.Event) -> Iterator[HTTPServer]:
-    """Shadows pytest-httpserver's single-threaded server: a handler that stalls (the timeout
-    tests) must not hold up other requests. Handlers and the request log are fresh per test."""
-    threaded_server.clear()
+def httpserver(feed_server: HTTPServer, unblock: threading.Event) -> Iterator[HTTPServer]:
+    """Shadows pytest-httpserver's single-threaded server with the shared threaded one: a handler
+    that stalls (the timeout tests) must not hold up other requests."""
     try:
-        yield threaded_server
+        yield feed_server
     finally:
         unblock.set()
-        threaded_server.clear()
 
 
 @pytest.fixture
