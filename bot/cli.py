@@ -31,6 +31,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The JobQueue's scheduler logs every tick at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def open_engine(settings: Settings) -> Engine:
