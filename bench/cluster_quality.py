@@ -58,13 +58,22 @@ def run_in_process(articles: list[dict]) -> dict[str, object]:
     from bot.stories.matcher import ArticleText, StoryMatcher
 
     matcher = StoryMatcher()
-    out = {}
+    out, merged_into = {}, {}
     for a in articles:
         text = ArticleText(
             a["title"], datetime.fromisoformat(a["published"]), a.get("summary", ""), a["source"]
         )
-        out[a["id"]] = matcher.assign(text).story_id
-    return out
+        assignment = matcher.assign(text)
+        out[a["id"]] = assignment.story_id
+        for absorbed in assignment.merged:
+            merged_into[absorbed] = assignment.story_id
+
+    def final(story: object) -> object:
+        while story in merged_into:
+            story = merged_into[story]
+        return story
+
+    return {item: final(story) for item, story in out.items()}
 
 
 def bcubed(pred: dict[str, object], gold: dict[str, str]) -> tuple[float, float, float]:

@@ -32,7 +32,7 @@ from store.follows import (
 )
 from store.models import Article, Chat, Story
 from store.outbox import unpark_chat
-from store.stories import get_story, top_stories
+from store.stories import resolve_story, top_stories
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -160,9 +160,10 @@ def story_detail(
     engine: Engine, story_id: int, *, chat_id: int, limit: int = 8
 ) -> StoryDetail | None:
     with session_scope(engine) as session:
-        story = get_story(story_id, session=session)
+        story = resolve_story(story_id, session=session)
         if story is None:
             return None
+        story_id = story.id  # type: ignore[assignment]
         latest = tuple(
             ArticleLink(a.title, a.url, a.source, a.published_at)
             for a in latest_story_articles(story_id, session=session, limit=limit)
@@ -182,6 +183,7 @@ def search(
         stories = session.exec(
             select(Story)
             .where(col(Story.last_published_at) >= now - timedelta(days=days))
+            .where(col(Story.merged_into_id).is_(None))
             .order_by(col(Story.last_published_at).desc())
             .limit(20000)
         ).all()
@@ -212,9 +214,10 @@ class FollowResult:
 def follow_story_id(engine: Engine, chat_id: int, story_id: int, *, now: datetime) -> FollowResult:
     """Follow a story from now on: articles already there are not sent again."""
     with session_scope(engine) as session:
-        story = get_story(story_id, session=session)
+        story = resolve_story(story_id, session=session)
         if story is None:
             return FollowResult(None, False)
+        story_id = story.id  # type: ignore[assignment]
         newest = session.execute(
             sa.select(sa.func.max(Article.id)).where(col(Article.story_id) == story_id)
         ).scalar_one_or_none()
@@ -245,9 +248,9 @@ def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
     """Unfollow a story id or a topic; returns what was unfollowed, or None."""
     with session_scope(engine) as session:
         if target.isdigit():
-            story_id = int(target)
-            if unfollow_story(chat_id, story_id, session=session):
-                story = get_story(story_id, session=session)
+            story = resolve_story(int(target), session=session)
+            story_id = story.id if story is not None else int(target)
+            if unfollow_story(chat_id, story_id, session=session):  # type: ignore[arg-type]
                 return story.headline if story else f"story {story_id}"
             return None
         key = topic_key(target)

@@ -15,6 +15,7 @@ from handlers.common import esc, run_db
 from handlers.stories import story_keyboard, story_text
 from store.db import session_scope
 from store.follows import get_follow, mute_follow
+from store.stories import resolve_story
 
 CALLBACK = re.compile(r"^(fol|unf|mute|story):(\d{1,12})$")
 MUTE_FOR = timedelta(hours=24)
@@ -22,7 +23,8 @@ MUTE_FOR = timedelta(hours=24)
 
 def _mute(engine, chat_id: int, story_id: int, until):  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
-        follow = get_follow(chat_id, story_id, session=session)
+        story = resolve_story(story_id, session=session)
+        follow = story and get_follow(chat_id, story.id, session=session)  # type: ignore[arg-type]
         if follow is None:
             return False
         mute_follow(follow, until, session=session)
@@ -49,7 +51,7 @@ async def on_button(update: Update, context: StorywireContext) -> None:
         if result.created and query.message is not None:
             await context.bot.send_message(
                 chat.id,
-                f"Following <b>{esc(result.story.headline)}</b>. /unfollow {story_id} to stop.",
+                f"Following <b>{esc(result.story.headline)}</b>. /unfollow {result.story.id} to stop.",
             )
         return
     if verb == "unf":
@@ -67,7 +69,9 @@ async def on_button(update: Update, context: StorywireContext) -> None:
     await query.answer()
     try:
         await context.bot.send_message(
-            chat.id, story_text(detail), reply_markup=story_keyboard(story_id, detail.following)
+            chat.id,
+            story_text(detail),
+            reply_markup=story_keyboard(detail.card.id, detail.following),
         )
     except BadRequest as exc:
         await query.answer(f"Could not show the story: {exc.message}"[:190])

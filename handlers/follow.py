@@ -30,7 +30,7 @@ async def follow(update: Update, context: StorywireContext) -> None:
             await reply(
                 update,
                 f"Following <b>{esc(result.story.headline)}</b>. You will get a digest when "
-                f"new articles arrive. /unfollow {story_id} to stop.",
+                f"new articles arrive. /unfollow {result.story.id} to stop.",
             )
         else:
             await reply(update, f"This chat already follows <b>{esc(result.story.headline)}</b>.")

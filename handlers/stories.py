@@ -93,7 +93,9 @@ async def story(update: Update, context: StorywireContext) -> None:
     if detail is None:
         await reply(update, f"There is no story {story_id}. See /top for current ones.")
         return
-    await reply(update, story_text(detail), reply_markup=story_keyboard(story_id, detail.following))
+    await reply(
+        update, story_text(detail), reply_markup=story_keyboard(detail.card.id, detail.following)
+    )
 
 
 async def search(update: Update, context: StorywireContext) -> None:

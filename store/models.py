@@ -91,6 +91,15 @@ class Story(SQLModel, table=True):
     last_published_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
     created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
     updated_at: datetime = Field(sa_column=_ts(nullable=False, default=True, index=True))
+    # Set when the matcher merged this story into another: its articles and follows moved there,
+    # and the id keeps working (old buttons, /story links) by resolving to the survivor.
+    merged_into_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.ForeignKey("story.id", name="fk_story_merged_into", ondelete="SET NULL"),
+            nullable=True,
+        ),
+    )
 
 
 class Article(SQLModel, table=True):

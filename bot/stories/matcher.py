@@ -19,6 +19,13 @@ the number of active stories:
    "Snowden"). It keeps sub-topics of one event ("the Bachelor host says ...") together.
 5. score = weighted profile, nearest and fuzzy, plus anchor_weight * anchor; the best candidate
    joins if its score clears the threshold, else the article starts a new story.
+6. `settle`: one headline is weak evidence, so the first articles of an event often start several
+   stories ("GM hires law firms over recall", "Feds ignored complaints about GM cars"). After each
+   article a growing story checks whether another story already covers its signature, the
+   words most of its articles contain, weighted by rarity; if so the smaller story is merged
+   into the larger. A signature is judged on all of a story's articles, so this is much surer than
+   the join of one title, and words that define the story ("Sbarro" against "Mt. Gox" in two
+   bankruptcy stories) keep different events apart.
 
 A wrong merge costs more than a split, so the threshold leans to precision. Pure Python over plain
 dataclasses; the caller persists stories (see bot.stories.service).
@@ -42,6 +49,7 @@ __all__ = [
     "ArticleText",
     "Assignment",
     "MatcherConfig",
+    "Merge",
     "StoryMatcher",
     "StorySnapshot",
 ]
@@ -67,16 +75,26 @@ class StorySnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    story_id: int
+    story_id: int  # the story the article ended in, after any merge
     is_new: bool
     score: float
     snapshot: StorySnapshot
+    merged: tuple[int, ...] = ()  # stories absorbed into story_id as a result
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """`absorbed` no longer exists: its articles now belong to `survivor`."""
+
+    absorbed: int
+    survivor: int
+    snapshot: StorySnapshot  # the survivor after the merge
 
 
 @dataclass(frozen=True, slots=True)
 class MatcherConfig:
     window: timedelta = timedelta(hours=48)
-    threshold: float = 0.30
+    threshold: float = 0.33
     profile_weight: float = 0.4
     nearest_weight: float = 0.4  # the rest of the weight goes to rapidfuzz
     summary_weight: float = 0.35  # summary words count this much of a title word
@@ -88,6 +106,10 @@ class MatcherConfig:
     candidates: int = 8  # best profile candidates re-scored with titles and rapidfuzz
     recent_titles: int = 12  # per story, for the nearest-title and fuzzy comparison
     central_titles: int = 24  # per story, for choosing the representative headline
+    signature_share: float = 0.6  # a word in this share of a story's articles is its signature
+    cover_share: float = 0.5  # another story covers a signature word held by this share of it
+    merge_coverage: float = 0.7  # idf-weighted share of the signature covered for a merge
+    settle_every_until: int = 32  # check each article up to this size, then at powers of two
 
 
 @dataclass(slots=True)
@@ -177,10 +199,15 @@ class StoryMatcher:
     ) -> Assignment:
         """match() then add(); a new story takes its id from `new_story_id` or a counter."""
         found = self.match(article)
-        if found is None:
-            story_id = new_story_id() if new_story_id else self._fresh_id()
-            return Assignment(story_id, True, 0.0, self.add(story_id, article))
-        return Assignment(found[0], False, found[1], self.add(found[0], article))
+        story_id, score = (
+            found if found else (new_story_id() if new_story_id else self._fresh_id(), 0.0)
+        )
+        snapshot = self.add(story_id, article)
+        merge = self.settle(story_id)
+        if merge is None:
+            return Assignment(story_id, found is None, score, snapshot)
+        is_new = found is None and merge.survivor == story_id
+        return Assignment(merge.survivor, is_new, score, merge.snapshot, (merge.absorbed,))
 
     def expire(self, now: datetime) -> int:
         """Forget stories whose last article is older than the window; returns how many."""
@@ -199,7 +226,78 @@ class StoryMatcher:
             dropped += 1
         return dropped
 
+    def settle(self, story_id: int) -> Merge | None:
+        """Merge the story with another active story that covers its signature, if any.
+
+        Called after `add`; the smaller story is absorbed into the larger, so the survivor may be
+        either. Returns None when nothing was merged (or the story is unknown).
+        """
+        story = self._stories.get(story_id)
+        if story is None or not self._settle_due(story.articles):
+            return None
+        signature = self._signature(story)
+        if not signature:
+            return None
+        candidates: set[int] = set()
+        for token in signature:
+            holders = self._postings.get(token, ())
+            if len(holders) <= self.config.rare_postings:
+                candidates.update(holders)
+        candidates.discard(story_id)
+        best: tuple[float, int] | None = None
+        for other_id in sorted(candidates):
+            self.comparisons += 1
+            coverage = self._coverage(signature, self._stories[other_id])
+            if coverage >= self.config.merge_coverage and (best is None or coverage > best[0]):
+                best = (coverage, other_id)
+        if best is None:
+            return None
+        other = self._stories[best[1]]
+        survivor, absorbed = (
+            (other, story)
+            if (other.articles, -other.id) > (story.articles, -story.id)
+            else (story, other)
+        )
+        self._absorb(survivor, absorbed)
+        return Merge(absorbed.id, survivor.id, self._snapshot(survivor))
+
     # --- internals ------------------------------------------------------------------------
+
+    def _settle_due(self, articles: int) -> bool:
+        return articles <= self.config.settle_every_until or articles & (articles - 1) == 0
+
+    def _signature(self, story: _Story) -> dict[str, float]:
+        """Words in at least `signature_share` of the story's articles, with their idf."""
+        floor = self.config.signature_share * story.articles
+        return {t: self._idf(t) for t, count in story.tokens.items() if count >= floor}
+
+    def _coverage(self, signature: dict[str, float], other: _Story) -> float:
+        """How much of the signature (idf-weighted) the other story holds in cover_share of it."""
+        full = self.config.cover_share * other.articles
+        covered = sum(
+            idf * min(1.0, other.tokens.get(token, 0) / full) for token, idf in signature.items()
+        )
+        return covered / sum(signature.values())
+
+    def _absorb(self, survivor: _Story, absorbed: _Story) -> None:
+        self._forget(absorbed)
+        for token, count in absorbed.tokens.items():
+            if token not in survivor.tokens:
+                self._postings.setdefault(token, set()).add(survivor.id)
+            survivor.tokens[token] = survivor.tokens.get(token, 0) + count
+        survivor.articles += absorbed.articles
+        survivor.first = min(survivor.first, absorbed.first)
+        if absorbed.last > survivor.last:
+            survivor.last = absorbed.last
+            survivor.queued_last = absorbed.last
+            self._expiry.append((absorbed.last, survivor.id))
+        for source in absorbed.sources:
+            if source not in survivor.sources:
+                survivor.sources.append(source)
+        keep = self.config.recent_titles
+        survivor.titles = (absorbed.titles + survivor.titles)[-keep:]
+        survivor.central = (survivor.central + absorbed.central)[: self.config.central_titles]
+        survivor.headline = max(survivor.central, key=lambda c: self._centrality(survivor, c[1]))[0]
 
     def _fresh_id(self) -> int:
         story_id = next(self._next_id)
@@ -305,14 +403,14 @@ class StoryMatcher:
         else:
             return
 
-        def centrality(item: tuple[str, tuple[str, ...]]) -> float:
-            words = item[1]
-            if not words:
-                return 0.0
-            shared = sum(story.tokens.get(t, 0) for t in words) / story.articles
-            return shared / math.sqrt(len(words))
+        story.headline = max(story.central, key=lambda c: self._centrality(story, c[1]))[0]
 
-        story.headline = max(story.central, key=centrality)[0]
+    @staticmethod
+    def _centrality(story: _Story, words: tuple[str, ...]) -> float:
+        if not words:
+            return 0.0
+        shared = sum(story.tokens.get(t, 0) for t in words) / story.articles
+        return shared / math.sqrt(len(words))
 
     def _snapshot(self, story: _Story) -> StorySnapshot:
         return StorySnapshot(

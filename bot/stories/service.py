@@ -3,6 +3,9 @@
 Articles are stored first with no story; `assign_pending` then matches them in arrival order. A crash
 between the two leaves articles unmatched, never lost: the next pass picks them up. The matcher's
 memory is rebuilt from the database at start by replaying the recent window.
+
+When the matcher merges two stories (see StoryMatcher.settle) the same transaction moves the
+absorbed story's articles and follows to the survivor, so the database and the matcher agree.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from bot.stories.matcher import ArticleText, MatcherConfig, StoryMatcher, StoryS
 from store.articles import articles_since, unassigned_articles
 from store.db import session_scope
 from store.models import Article, Story
-from store.stories import create_story, get_story, update_story
+from store.stories import create_story, get_story, merge_stories, update_story
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class StoryAssignment:
     article_id: int
-    story_id: int
+    story_id: int  # where the article ended, after any merge
     is_new_story: bool
+    merged: tuple[int, ...] = ()  # stories absorbed into story_id by this article
 
 
 def article_text(article: Article) -> ArticleText:
@@ -130,6 +134,17 @@ class StoryService:
                 session=session, headline=article.title, published_at=article.published_at, now=now
             )
         snapshot: StorySnapshot = self._matcher.add(story.id, text)  # type: ignore[arg-type]
+        article.story_id = story.id
+        session.add(article)
+        merged: tuple[int, ...] = ()
+        merge = self._matcher.settle(story.id)  # type: ignore[arg-type]
+        if merge is not None:
+            merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
+            log.debug("story %d merged into story %d", merge.absorbed, merge.survivor)
+            story = get_story(merge.survivor, session=session)
+            assert story is not None, "the matcher only knows stories the database has"
+            snapshot, merged = merge.snapshot, (merge.absorbed,)
+            is_new = is_new and merge.absorbed != story.id
         update_story(
             story,
             session=session,
@@ -140,6 +155,4 @@ class StoryService:
             last_published_at=snapshot.last_published,
             now=now,
         )
-        article.story_id = story.id
-        session.add(article)
-        return StoryAssignment(article.id, story.id, is_new)  # type: ignore[arg-type]
+        return StoryAssignment(article.id, story.id, is_new, merged)  # type: ignore[arg-type]

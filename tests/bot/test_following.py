@@ -144,3 +144,66 @@ def test_a_blocked_chat_that_writes_again_resumes_its_queue(engine):
     with session_scope(engine) as session:
         assert session.get(Chat, CHAT).status == "active"
         assert session.exec(select(OutboxMessage)).one().status == "pending"
+
+
+def _follow_at(engine, chat_id: int, story_id: int, watermark: int) -> None:  # type: ignore[no-untyped-def]
+    from store.follows import follow_story
+
+    with session_scope(engine) as session:
+        follow_story(chat_id, story_id, session=session, now=T0, from_article_id=watermark)
+
+
+def test_merged_story_moves_articles_and_follows_and_its_id_still_works(engine):
+    from store.stories import merge_stories
+
+    other = 6
+    svc.record_chat(
+        engine, other, type="private", title=None, username="v", now=T0, default_timezone="UTC"
+    )
+    survivor = _story(engine, "GM recall widens", articles=3, sources=3)
+    absorbed = _story(engine, "GM recall explained", articles=2, sources=2)
+    with session_scope(engine) as session:
+        survivor_ids = sorted(
+            a.id for a in session.exec(select(Article).where(Article.story_id == survivor))
+        )
+        absorbed_ids = sorted(
+            a.id for a in session.exec(select(Article).where(Article.story_id == absorbed))
+        )
+    # CHAT follows both (each with its own watermark); `other` follows only the absorbed story
+    _follow_at(engine, CHAT, survivor, survivor_ids[-1])
+    _follow_at(engine, CHAT, absorbed, absorbed_ids[0])
+    _follow_at(engine, other, absorbed, absorbed_ids[0])
+
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T0)
+
+    with session_scope(engine) as session:
+        moved = session.exec(select(Article).where(Article.story_id == survivor)).all()
+        assert len(moved) == 5
+        follows = session.exec(select(Follow).order_by(Follow.chat_id)).all()
+        assert [(f.chat_id, f.story_id) for f in follows] == [(CHAT, survivor), (other, survivor)]
+        # the chat that followed both keeps the later watermark: nothing is sent to it twice
+        assert follows[0].last_digested_article_id == max(survivor_ids[-1], absorbed_ids[0])
+        # the chat that followed only the absorbed story still gets what it had not been sent
+        assert follows[1].last_digested_article_id == absorbed_ids[0]
+
+    detail = svc.story_detail(engine, absorbed, chat_id=CHAT)
+    assert detail is not None and detail.card.id == survivor and detail.following
+    assert [c.id for c in svc.top(engine, now=T0, limit=10)] == [survivor]
+    assert svc.unfollow(engine, other, str(absorbed)) is not None
+    again = svc.follow_story_id(engine, other, absorbed, now=T0)
+    assert again.story is not None and again.story.id == survivor
+
+
+def test_merges_chain_to_the_last_survivor(engine):
+    from store.stories import merge_stories, resolve_story
+
+    a, b, c = (_story(engine, f"Story {n}") for n in "abc")
+    with session_scope(engine) as session:
+        merge_stories(a, b, session=session, now=T0)
+    with session_scope(engine) as session:
+        merge_stories(b, c, session=session, now=T0)
+    with session_scope(engine) as session:
+        assert resolve_story(a, session=session).id == c
+        assert resolve_story(b, session=session).id == c
+        assert resolve_story(999, session=session) is None

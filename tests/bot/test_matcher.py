@@ -128,3 +128,63 @@ def test_empty_or_stop_word_titles_start_their_own_story():
     m = StoryMatcher()
     m.assign(art("The news of the day"))
     assert m.match(art("the of and")) is None
+
+
+def _story(m: StoryMatcher, story_id: int, titles: list[str], start: float) -> None:
+    for i, title in enumerate(titles):
+        m.add(story_id, art(title, start + i))
+
+
+def test_a_fragment_whose_signature_another_story_covers_is_merged_into_it():
+    m = StoryMatcher()
+    _story(
+        m,
+        1,
+        [
+            "GM recall: regulators ignored complaints about GM cars",
+            "GM recall probe: NHTSA missed warnings on GM ignition",
+            "GM hires law firms for internal recall review",
+            "GM recall widens as questions mount",
+        ],
+        0,
+    )
+    _story(m, 2, ["GM recall: what owners should know", "The GM recall, explained"], 10)
+    merge = m.settle(2)
+    assert merge is not None
+    assert (merge.absorbed, merge.survivor) == (2, 1)  # the smaller story is absorbed
+    assert merge.snapshot.article_count == 6
+    assert m.snapshot(2) is None and m.active_count == 1
+    # words only the absorbed story had now find the survivor
+    found = m.match(art("What GM owners should know", 20))
+    assert found is not None and found[0] == 1
+
+
+def test_two_bankruptcies_of_different_companies_are_not_merged():
+    m = StoryMatcher()
+    _story(
+        m,
+        1,
+        [
+            "Sbarro files for bankruptcy again",
+            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+            "Sbarro bankruptcy: pizza chain to close stores",
+        ],
+        0,
+    )
+    _story(
+        m, 2, ["Mt. Gox files for bankruptcy protection in US", "Mt. Gox bankruptcy in Dallas"], 5
+    )
+    assert m.settle(2) is None
+    assert m.settle(1) is None
+    assert m.active_count == 2
+
+
+def test_assign_reports_a_merge_and_returns_the_survivor():
+    m = StoryMatcher()
+    for i in range(4):
+        m.add(7, art(f"Titanfall review roundup part {i}: Titanfall review scores", i))
+    m.add(9, art("Titanfall review", 5))
+    assignment = m.assign(art("Titanfall review: the verdict", 6), new_story_id=lambda: 11)
+    assert (assignment.story_id, assignment.merged) == (7, (9,))
+    assert assignment.snapshot.article_count == 6
+    assert m.snapshot(9) is None
