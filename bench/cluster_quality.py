@@ -61,7 +61,11 @@ def run_in_process(articles: list[dict]) -> dict[str, object]:
     out, merged_into = {}, {}
     for a in articles:
         text = ArticleText(
-            a["title"], datetime.fromisoformat(a["published"]), a.get("summary", ""), a["source"]
+            a["title"],
+            datetime.fromisoformat(a["published"]),
+            a.get("summary", ""),
+            a["source"],
+            a.get("url", ""),
         )
         assignment = matcher.assign(text)
         out[a["id"]] = assignment.story_id

@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 
 from rapidfuzz import fuzz
 
-from bot.stories.normalize import strip_title, text_tokens
+from bot.stories.normalize import strip_title, text_tokens, url_words, word_rarity
 
 __all__ = [
     "ArticleText",
@@ -61,6 +61,7 @@ class ArticleText:
     published: datetime  # timezone-aware UTC
     summary: str = ""
     source: str = ""
+    url: str = ""  # its slug words help like a summary's
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,21 +95,22 @@ class Merge:
 @dataclass(frozen=True, slots=True)
 class MatcherConfig:
     window: timedelta = timedelta(hours=48)
-    threshold: float = 0.33
-    profile_weight: float = 0.4
+    threshold: float = 0.36
+    profile_weight: float = 0.3
     nearest_weight: float = 0.4  # the rest of the weight goes to rapidfuzz
-    summary_weight: float = 0.35  # summary words count this much of a title word
-    saturation: float = 0.3  # a word in this share of a story's articles is fully typical of it
+    summary_weight: float = 0.35  # summary and link words count this much of a title word
+    saturation: float = 0.2  # a word in this share of a story's articles is fully typical of it
     rare_postings: int = 64  # only words held by at most this many stories find candidates
-    anchor_weight: float = 0.3  # bonus for a shared word that few stories hold ...
+    anchor_weight: float = 0.15  # bonus for a shared word that few stories hold ...
     anchor_stories: int = 2  # ... (at most this many) ...
     anchor_min_articles: int = 5  # ... and most articles of an established story contain
     candidates: int = 8  # best profile candidates re-scored with titles and rapidfuzz
     recent_titles: int = 12  # per story, for the nearest-title and fuzzy comparison
     central_titles: int = 24  # per story, for choosing the representative headline
+    word_rarity: bool = True  # weigh words by their rarity in English too (wordfreq)
     signature_share: float = 0.6  # a word in this share of a story's articles is its signature
-    cover_share: float = 0.5  # another story covers a signature word held by this share of it
-    merge_coverage: float = 0.7  # idf-weighted share of the signature covered for a merge
+    cover_share: float = 0.7  # another story covers a signature word held by this share of it
+    merge_coverage: float = 0.6  # idf-weighted share of the signature covered for a merge
     settle_every_until: int = 32  # check each article up to this size, then at powers of two
 
 
@@ -317,16 +319,27 @@ class StoryMatcher:
     def _features(self, article: ArticleText) -> _Features:
         title = [sys.intern(t) for t in text_tokens(strip_title(article.title, article.source))]
         weights = dict.fromkeys(title, 1.0)
+        for first, second in zip(title, title[1:], strict=False):
+            # "Mt. Gox" and "MtGox", "Spider-Man" and "Spiderman": one word once it has been seen
+            joined = first + second
+            if joined in self._postings and first.isalpha() and second.isalpha():
+                weights.setdefault(sys.intern(joined), 1.0)
         if article.summary:
             for token in text_tokens(article.summary[:600]):
+                weights.setdefault(sys.intern(token), self.config.summary_weight)
+        if article.url:
+            for token in text_tokens(url_words(article.url[:500])):
                 weights.setdefault(sys.intern(token), self.config.summary_weight)
         return _Features(weights, " ".join(title))
 
     def _idf(self, token: str) -> float:
         # Rarity across active stories: a word repeated by every article of one story still
         # singles that story out, while a word spread over many stories says little.
+        # Rarity in English at large weighs it too: it tells names from everyday words even while
+        # few stories are active.
         holders = self._postings.get(token)
-        return math.log((len(self._stories) + 1) / ((len(holders) if holders else 0) + 1)) + 1.0
+        stream = math.log((len(self._stories) + 1) / ((len(holders) if holders else 0) + 1)) + 1.0
+        return stream * word_rarity(token) if self.config.word_rarity else stream
 
     def _share(self, story: _Story, token: str) -> float:
         return min(1.0, story.tokens.get(token, 0) / (story.articles * self.config.saturation))

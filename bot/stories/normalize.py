@@ -6,10 +6,24 @@ NFKC, case folding, wire prefixes (`UPDATE 2-`, `REFILE-`, `EXCLUSIVE-`) and pub
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import re
 import unicodedata
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["normalize_title", "title_tokens", "text_tokens", "strip_title"]
+import msgpack
+
+__all__ = [
+    "normalize_title",
+    "title_tokens",
+    "text_tokens",
+    "strip_title",
+    "url_words",
+    "word_rarity",
+]
 
 STOP_WORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before
@@ -86,3 +100,83 @@ def title_tokens(title: str, source: str = "") -> list[str]:
 def normalize_title(title: str, source: str = "") -> str:
     """The normalised headline as one string: content words joined by spaces."""
     return " ".join(title_tokens(title, source))
+
+
+# Path words that say where a page lives, not what it is about.
+_URL_NOISE = frozenset(
+    """www com org net html htm shtml php asp aspx jsp cms amp rss feed feeds index default page
+    content story stories article articles news post posts blog blogs item view print""".split()  # noqa: SIM905
+)
+_URL_PART = re.compile(r"[\W_]+")
+
+
+def url_words(url: str) -> str:
+    """The words of a link's slug ("/2014/03/10/ebay-urges-vote-against-icahn/"), as text.
+
+    Many outlets put a fuller headline in the path than in the title. Numbers, ids and the
+    host's own name are dropped.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    host = set(_URL_PART.split(parts.netloc.casefold()))
+    words = []
+    for word in _URL_PART.split(unquote(parts.path)):
+        folded = word.casefold()
+        if len(folded) >= 3 and folded.isalpha() and folded not in _URL_NOISE | host:
+            words.append(folded)
+    return " ".join(words)
+
+
+# How much a word says by how rare it is in English at large (wordfreq's Zipf scale: "the" 7.7,
+# "stock" 4.9, "bankruptcy" 4.1, "Sbarro" 1.8). Early in a stream, when few stories are active,
+# rarity among them cannot yet tell "Sbarro" from "files"; this prior can.
+_RARITY_TOP = 8.0  # Zipf value at which a word would weigh nothing
+_RARITY_SCALE = 3.0
+_UNLISTED_ZIPF = 2.5  # words outside wordfreq's small English list: names, coinages, other tongues
+_RARITY_MIN, _RARITY_MAX = 0.3, 3.0
+
+
+@functools.cache
+def _rarity_table() -> dict[str, float]:
+    """wordfreq's small English list (29k words) as token -> rarity, loaded once.
+
+    The list is read straight from wordfreq's data file in its documented cBpack format (gzipped
+    msgpack: a header, then one list of words per centibel of frequency), because importing
+    wordfreq itself brings in ftfy, regex and langcodes, about 12 MB more than the table needs.
+    """
+    table: dict[str, float] = {}
+    for index, bucket in enumerate(_small_english_buckets()):
+        rarity = _rarity(9.0 - index / 100)  # Zipf = log10(frequency per billion words)
+        for word in bucket:
+            key = _fold(word.casefold())
+            table[key] = min(rarity, table.get(key, rarity))  # "files" and "file" are one token
+    return table
+
+
+def _small_english_buckets() -> list[list[str]]:
+    spec = importlib.util.find_spec("wordfreq")
+    for folder in (spec and spec.submodule_search_locations) or ():
+        path = Path(folder) / "data" / "small_en.msgpack.gz"
+        if path.is_file():
+            with gzip.open(path, "rb") as fh:
+                data = msgpack.load(fh, raw=False)
+            header = data[0] if data else None
+            if isinstance(header, dict) and header.get("format") == "cB":
+                return data[1:]
+    from wordfreq import get_frequency_list  # a layout we do not know: take the slow road
+
+    return get_frequency_list("en", "small")
+
+
+def _rarity(zipf: float) -> float:
+    return min(_RARITY_MAX, max(_RARITY_MIN, (_RARITY_TOP - zipf) / _RARITY_SCALE))
+
+
+_UNLISTED = _rarity(_UNLISTED_ZIPF)
+
+
+def word_rarity(token: str) -> float:
+    """A multiplier for a folded token: about 0.3 for everyday words, 1.8 for unlisted ones."""
+    return _rarity_table().get(token, _UNLISTED)

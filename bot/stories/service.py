@@ -42,6 +42,7 @@ def article_text(article: Article) -> ArticleText:
         published=article.published_at,
         summary=article.summary or "",
         source=article.source or "",
+        url=article.url or "",
     )
 
 

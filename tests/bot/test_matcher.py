@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.stories.matcher import ArticleText, MatcherConfig, StoryMatcher
-from bot.stories.normalize import normalize_title, strip_title
+from bot.stories.normalize import normalize_title, strip_title, url_words, word_rarity
 
 T = datetime(2014, 3, 10, 8, 0, tzinfo=UTC)
 
@@ -188,3 +188,66 @@ def test_assign_reports_a_merge_and_returns_the_survivor():
     assert (assignment.story_id, assignment.merged) == (7, (9,))
     assert assignment.snapshot.article_count == 6
     assert m.snapshot(9) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://www.foxbusiness.com/industries/2014/03/10/ebay-asks-shareholders-to-vote/",
+            "industries ebay asks shareholders vote",
+        ),
+        ("http://www.technewsworld.com/story/80108.html", ""),
+        ("https://example.org/a%C3%A9roport-ferm%C3%A9", "aéroport fermé"),
+        ("not a url at all", "not url all"),
+        ("http://[broken", ""),
+    ],
+)
+def test_url_words_keep_the_slug_and_drop_ids_hosts_and_boilerplate(url, expected):
+    assert url_words(url) == expected
+
+
+def _proxy_fight(first_url: str, second_url: str) -> tuple[int | None, int]:
+    m = StoryMatcher()
+    first = m.assign(ArticleText("Shareholders urged to reject board nominees", T, url=first_url))
+    found = m.match(ArticleText("Proxy fight heats up", T + timedelta(minutes=5), url=second_url))
+    return (found[0] if found else None), first.story_id
+
+
+def test_link_words_help_when_titles_say_little():
+    found, story = _proxy_fight(
+        "http://example.com/2014/03/10/ebay-icahn-board-nominees-proxy-fight/",
+        "http://other.example/ebay-icahn-proxy-fight-heats-up",
+    )
+    assert found == story
+    assert _proxy_fight("", "") == (None, story)  # the titles alone share nothing
+
+
+@pytest.mark.parametrize(
+    ("name", "joins"), [("Mt. Gox", True), ("Mt Gox", True), ("Mt. Fox", False)]
+)
+def test_a_name_written_as_one_word_or_two_is_one_word(name, joins):
+    m = StoryMatcher()
+    first = m.assign(art("MtGox CEO Karpeles apologises"))
+    m.assign(art("Bitcoin price slumps", 1))
+    found = m.match(art(f"{name} CEO blog hacked", 2))
+    assert (found is not None and found[0] == first.story_id) is joins
+
+
+def test_rare_words_weigh_more_than_everyday_ones():
+    assert word_rarity("sbarro") > word_rarity("bankruptcy") > word_rarity("file")
+    assert word_rarity("file") > word_rarity("year")
+    assert word_rarity("year") >= 0.3 and word_rarity("zzqxj") <= 3.0
+
+
+def test_same_event_words_do_not_join_different_companies():
+    m = StoryMatcher()
+    sbarro = m.assign(art("Sbarro pizza chain files for bankruptcy again"))
+    for i, title in enumerate(
+        [
+            "Sbarro files for bankruptcy for the second time",
+            "Pizza chain Sbarro back in bankruptcy",
+        ]
+    ):
+        assert m.assign(art(title, i + 1)).story_id == sbarro.story_id
+    assert m.assign(art("Mt. Gox files for bankruptcy protection in Tokyo", 5)).is_new
