@@ -8,8 +8,13 @@ the number of active stories:
 1. Candidates: every story holding one of the article's rare words (held by at most
    `rare_postings` stories) collects `idf(word) * share`, where share is the fraction of the
    story's articles containing the word, saturating at `saturation`. idf is rarity across active
-   stories. Words held by many stories then add to the candidates already found, by lookup, so
-   the cost per article stays flat however many stories are active.
+   stories times rarity in English at large (wordfreq; see normalize.word_rarity), which tells
+   names from everyday words before the stream has enough stories to. Words held by many
+   stories then add to the candidates already found, by lookup, so the cost per article stays
+   flat however many stories are active.
+
+   The words are the title's, then the summary's and the link slug's at `summary_weight`; a pair
+   of title words that is already known as one word ("Mt. Gox" / "MtGox") also counts as it.
 2. `profile` = collected weight / the article's total idf weight: how much of what the article
    says is typical of the story.
 3. For the best few candidates: `nearest`, the idf cosine with the story's most similar recent
