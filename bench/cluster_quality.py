@@ -69,8 +69,8 @@ def run_in_process(articles: list[dict]) -> dict[str, object]:
         )
         assignment = matcher.assign(text)
         out[a["id"]] = assignment.story_id
-        for absorbed in assignment.merged:
-            merged_into[absorbed] = assignment.story_id
+        for merge in assignment.merges:
+            merged_into[merge.absorbed] = merge.survivor
 
     def final(story: object) -> object:
         while story in merged_into:

@@ -190,7 +190,7 @@ async def assign_and_notify(services: Services) -> int:
     """Match unassigned articles; follow stories matching topics and tell those chats."""
     assert services.stories is not None
     assignments = await asyncio.to_thread(services.stories.assign_pending)
-    story_ids = sorted({a.story_id for a in assignments})
+    story_ids = sorted({s for a in assignments for s in a.touched})
     created = await asyncio.to_thread(
         follow_matching_topics, services.engine, story_ids, now=services.now()
     )

@@ -31,6 +31,11 @@ the number of active stories:
    into the larger. A signature is judged on all of a story's articles, so this is much surer than
    the join of one title, and words that define the story ("Sbarro" against "Mt. Gox" in two
    bankruptcy stories) keep different events apart.
+7. `revisit`: an article that started a story of its own is looked at again `revisit_after` later
+   (an hour), scored like a new article against the stories active then. Its story may not have
+   existed yet when it arrived, or been one headline too small to recognise; if it now clears
+   `revisit_threshold` the lone article joins that story. Each lone article gets this one second
+   look, so the cost is at most one more scoring per new story.
 
 A wrong merge costs more than a split, so the threshold leans to precision. Pure Python over plain
 dataclasses; the caller persists stories (see bot.stories.service).
@@ -86,6 +91,9 @@ class Assignment:
     score: float
     snapshot: StorySnapshot
     merged: tuple[int, ...] = ()  # stories absorbed into story_id as a result
+    # Every merge this article caused, in order: those into story_id and lone articles that
+    # joined other stories on their second look (see StoryMatcher.revisit).
+    merges: tuple[Merge, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,8 @@ class MatcherConfig:
     cover_share: float = 0.7  # another story covers a signature word held by this share of it
     merge_coverage: float = 0.6  # idf-weighted share of the signature covered for a merge
     settle_every_until: int = 32  # check each article up to this size, then at powers of two
+    revisit_after: timedelta = timedelta(hours=1)  # second look at a story of one article ...
+    revisit_threshold: float = 0.38  # ... which then joins a story it scores this well against
 
 
 @dataclass(slots=True)
@@ -150,6 +160,8 @@ class StoryMatcher:
         # (time, story id) in arrival order; a story is re-queued when its time moves on by more
         # than an eighth of the window, so expiry is at most that late and the queue stays small.
         self._expiry: deque[tuple[datetime, int]] = deque()
+        # (time, story id) of stories started by a lone article, for their second look
+        self._revisits: deque[tuple[datetime, int]] = deque()
         self._next_id = itertools.count(1)
         self.comparisons = 0  # candidate stories scored; lets tests see the index at work
 
@@ -180,6 +192,7 @@ class StoryMatcher:
             story = _Story(story_id, when, when, when)
             self._stories[story_id] = story
             self._expiry.append((when, story_id))
+            self._revisits.append((when, story_id))
         story.articles += 1
         story.first = min(story.first, when)
         if when > story.last:
@@ -211,10 +224,17 @@ class StoryMatcher:
         )
         snapshot = self.add(story_id, article)
         merge = self.settle(story_id)
-        if merge is None:
-            return Assignment(story_id, found is None, score, snapshot)
-        is_new = found is None and merge.survivor == story_id
-        return Assignment(merge.survivor, is_new, score, merge.snapshot, (merge.absorbed,))
+        later = tuple(self.revisit(article.published))
+        is_new = found is None
+        merged: tuple[int, ...] = ()
+        if merge is not None:
+            is_new = is_new and merge.survivor == story_id
+            story_id, snapshot, merged = merge.survivor, merge.snapshot, (merge.absorbed,)
+        for other in later:  # a lone article may have joined this very story
+            if other.survivor == story_id:
+                snapshot = other.snapshot
+        merges = later if merge is None else (merge, *later)
+        return Assignment(story_id, is_new, score, snapshot, merged, merges)
 
     def expire(self, now: datetime) -> int:
         """Forget stories whose last article is older than the window; returns how many."""
@@ -259,7 +279,43 @@ class StoryMatcher:
                 best = (coverage, other_id)
         if best is None:
             return None
-        other = self._stories[best[1]]
+        return self._merge(story, self._stories[best[1]])
+
+    def revisit(self, now: datetime) -> list[Merge]:
+        """Give lone articles started `revisit_after` before `now` their second look.
+
+        A story that still holds only the article that started it is scored against the other
+        active stories as if the article arrived now; if the best clears `revisit_threshold` the
+        two are merged (the lone article's story is absorbed unless the other is as small and
+        younger). Call after `add`/`settle`; returns the merges, oldest first.
+        """
+        merges: list[Merge] = []
+        due = now - self.config.revisit_after
+        while self._revisits and self._revisits[0][0] <= due:
+            _, story_id = self._revisits.popleft()
+            story = self._stories.get(story_id)
+            if story is None or story.articles != 1:
+                continue
+            best = self._best(self._lone_features(story), exclude=story_id)
+            if best is None or best[1] < self.config.revisit_threshold:
+                continue
+            survivor = self._stories[best[0]]
+            self._absorb(survivor, story)
+            merges.append(Merge(story_id, survivor.id, self._snapshot(survivor)))
+        return merges
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _lone_features(self, story: _Story) -> _Features:
+        """The features of a story's only article, rebuilt from what the story keeps."""
+        norm_title = story.titles[-1][0]
+        title_words = set(norm_title.split())
+        summary = self.config.summary_weight
+        weights = {t: 1.0 if t in title_words else summary for t in story.tokens}
+        return _Features(weights, norm_title)
+
+    def _merge(self, story: _Story, other: _Story) -> Merge:
+        """Merge two stories: the larger survives, the older of two the same size."""
         survivor, absorbed = (
             (other, story)
             if (other.articles, -other.id) > (story.articles, -story.id)
@@ -267,8 +323,6 @@ class StoryMatcher:
         )
         self._absorb(survivor, absorbed)
         return Merge(absorbed.id, survivor.id, self._snapshot(survivor))
-
-    # --- internals ------------------------------------------------------------------------
 
     def _settle_due(self, articles: int) -> bool:
         return articles <= self.config.settle_every_until or articles & (articles - 1) == 0
@@ -349,7 +403,7 @@ class StoryMatcher:
     def _share(self, story: _Story, token: str) -> float:
         return min(1.0, story.tokens.get(token, 0) / (story.articles * self.config.saturation))
 
-    def _best(self, features: _Features) -> tuple[int, float] | None:
+    def _best(self, features: _Features, exclude: int | None = None) -> tuple[int, float] | None:
         if not features.weights:
             return None
         idf = {t: self._idf(t) for t in features.weights}
@@ -365,6 +419,8 @@ class StoryMatcher:
                 continue
             w = idf[token] * weight
             for story_id in holders:
+                if story_id == exclude:
+                    continue
                 share = self._share(self._stories[story_id], token)
                 collected[story_id] = collected.get(story_id, 0.0) + w * share
         if not collected or total <= 0:

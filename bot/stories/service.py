@@ -4,8 +4,8 @@ Articles are stored first with no story; `assign_pending` then matches them in a
 between the two leaves articles unmatched, never lost: the next pass picks them up. The matcher's
 memory is rebuilt from the database at start by replaying the recent window.
 
-When the matcher merges two stories (see StoryMatcher.settle) the same transaction moves the
-absorbed story's articles and follows to the survivor, so the database and the matcher agree.
+When the matcher merges two stories (StoryMatcher.settle and .revisit) the same transaction moves
+the absorbed story's articles and follows to the survivor, so the database and the matcher agree.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bot.stories.matcher import ArticleText, MatcherConfig, StoryMatcher, StorySnapshot
+from bot.stories.matcher import (
+    ArticleText,
+    MatcherConfig,
+    Merge,
+    StoryMatcher,
+    StorySnapshot,
+)
 from store.articles import articles_since, unassigned_articles
 from store.db import session_scope
 from store.models import Article, Story
@@ -34,6 +40,14 @@ class StoryAssignment:
     story_id: int  # where the article ended, after any merge
     is_new_story: bool
     merged: tuple[int, ...] = ()  # stories absorbed into story_id by this article
+    # (absorbed, survivor) of every merge this step made, including lone articles of earlier
+    # steps that joined another story on their second look (StoryMatcher.revisit)
+    merges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def touched(self) -> tuple[int, ...]:
+        """The stories that gained articles in this step."""
+        return (self.story_id, *(survivor for _, survivor in self.merges))
 
 
 def article_text(article: Article) -> ArticleText:
@@ -138,22 +152,41 @@ class StoryService:
         article.story_id = story.id
         session.add(article)
         merged: tuple[int, ...] = ()
+        merges: list[tuple[int, int]] = []
         merge = self._matcher.settle(story.id)  # type: ignore[arg-type]
         if merge is not None:
-            merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
-            log.debug("story %d merged into story %d", merge.absorbed, merge.survivor)
-            story = get_story(merge.survivor, session=session)
-            assert story is not None, "the matcher only knows stories the database has"
+            story = self._apply(merge, session=session, now=now)
             snapshot, merged = merge.snapshot, (merge.absorbed,)
+            merges.append((merge.absorbed, merge.survivor))
             is_new = is_new and merge.absorbed != story.id
-        update_story(
-            story,
-            session=session,
-            headline=snapshot.headline,
-            article_count=snapshot.article_count,
-            source_count=snapshot.source_count,
-            first_published_at=snapshot.first_published,
-            last_published_at=snapshot.last_published,
-            now=now,
-        )
-        return StoryAssignment(article.id, story.id, is_new, merged)  # type: ignore[arg-type]
+        _update(story, snapshot, session=session, now=now)
+        for later in self._matcher.revisit(text.published):
+            _update(
+                self._apply(later, session=session, now=now),
+                later.snapshot,
+                session=session,
+                now=now,
+            )
+            merges.append((later.absorbed, later.survivor))
+        return StoryAssignment(article.id, story.id, is_new, merged, tuple(merges))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _apply(merge: Merge, *, session: Session, now: datetime) -> Story:
+        merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
+        log.debug("story %d merged into story %d", merge.absorbed, merge.survivor)
+        survivor = get_story(merge.survivor, session=session)
+        assert survivor is not None, "the matcher only knows stories the database has"
+        return survivor
+
+
+def _update(story: Story, snapshot: StorySnapshot, *, session: Session, now: datetime) -> None:
+    update_story(
+        story,
+        session=session,
+        headline=snapshot.headline,
+        article_count=snapshot.article_count,
+        source_count=snapshot.source_count,
+        first_published_at=snapshot.first_published,
+        last_published_at=snapshot.last_published,
+        now=now,
+    )

@@ -190,6 +190,42 @@ def test_assign_reports_a_merge_and_returns_the_survivor():
     assert m.snapshot(9) is None
 
 
+def test_a_lone_article_joins_a_story_on_its_second_look_an_hour_later():
+    m = StoryMatcher()
+    m.add(2, art("Sbarro again seeks protection from creditors", 0))  # alone when it arrived
+    m.add(3, art("Polar vortex returns to the Midwest", 1))  # alone, and stays alone
+    _story(
+        m,
+        1,
+        [
+            "Sbarro files for bankruptcy again",
+            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+            "Sbarro bankruptcy: pizza chain to close stores",
+            "Sbarro seeks bankruptcy protection for second time",
+        ],
+        5,
+    )
+    assert m.revisit(T + timedelta(minutes=59)) == []  # not due yet
+    merges = m.revisit(T + timedelta(minutes=61))
+    assert [(x.absorbed, x.survivor) for x in merges] == [(2, 1)]
+    assert merges[0].snapshot.article_count == 5
+    assert m.snapshot(2) is None and m.snapshot(3) is not None
+    assert m.revisit(T + timedelta(hours=5)) == []  # one second look each
+
+
+def test_a_story_that_grew_is_not_revisited_and_assign_reports_second_looks():
+    m = StoryMatcher()
+    m.add(2, art("Sbarro again seeks protection from creditors", 0))
+    m.add(2, art("Sbarro creditors seek answers", 1))  # no longer lone
+    m.add(4, art("Titanfall review: the verdict", 2))
+    for i in range(4):
+        m.add(7, art(f"Titanfall review roundup part {i}: Titanfall review scores", 3 + i))
+    assignment = m.assign(art("Elephants tell human voices apart", 90), new_story_id=lambda: 11)
+    assert (assignment.story_id, assignment.is_new, assignment.merged) == (11, True, ())
+    assert [(x.absorbed, x.survivor) for x in assignment.merges] == [(4, 7)]
+    assert m.snapshot(2).article_count == 2
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
