@@ -304,6 +304,23 @@ class StoryMatcher:
             merges.append(Merge(story_id, survivor.id, self._snapshot(survivor)))
         return merges
 
+    def skip_revisits(self, until: datetime) -> int:
+        """Drop the second looks due by `until` unseen; returns how many were pending.
+
+        For a replay of stored articles: the process that stored them already gave every lone
+        article due by then its second look.
+        """
+        dropped = 0
+        due = until - self.config.revisit_after
+        while self._revisits and self._revisits[0][0] <= due:
+            self._revisits.popleft()
+            dropped += 1
+        return dropped
+
+    @property
+    def pending_revisits(self) -> int:
+        return len(self._revisits)
+
     # --- internals ------------------------------------------------------------------------
 
     def _lone_features(self, story: _Story) -> _Features:

@@ -109,6 +109,8 @@ class StoryService:
                 for article in articles_since(session=session, since=latest - config.window):
                     matcher.add(article.story_id, article_text(article))  # type: ignore[arg-type]
                     count += 1
+                # Lone articles due their second look by then had it before the restart.
+                matcher.skip_revisits(latest)
         self._matcher = matcher
         log.info(
             "story matcher rebuilt: %d articles, %d active stories", count, matcher.active_count

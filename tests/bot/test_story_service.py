@@ -73,3 +73,13 @@ def test_stories_in_the_database_match_the_matcher_after_merges(db_engine):
     assert service.matcher.active_count == len(counts)
     for story_id, count in counts.items():
         assert service.matcher.snapshot(story_id).article_count == count
+
+    # Lone articles had their second look before the "restart": only the last hour's are pending.
+    latest = max(datetime.fromisoformat(r["published"]) for r in rows)
+    recent = {
+        story_id
+        for story_id in counts
+        if service.matcher.snapshot(story_id).first_published
+        > latest - service.matcher.config.revisit_after
+    }
+    assert service.matcher.pending_revisits == len(recent) < len(counts)
