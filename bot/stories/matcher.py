@@ -486,7 +486,7 @@ class StoryMatcher:
 
     def _consider_headline(self, story: _Story, title: str) -> None:
         """Keep the most central title: the one whose words most of the story's articles share."""
-        tokens = tuple(text_tokens(title))
+        tokens = tuple(sys.intern(t) for t in text_tokens(title))  # shared with the postings' keys
         if len(story.central) < self.config.central_titles:
             story.central.append((title, tokens))
         elif story.articles % 5 == 0:
