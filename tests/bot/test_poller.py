@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ from sqlmodel import select
 from werkzeug import Request, Response
 
 from bot.feeds.fetch import FetchLimits, make_http_client
-from bot.feeds.poller import FeedPoller, PollPolicy, backoff_delay
+from bot.feeds.poller import UNCHANGED_BATCH, FeedPoller, PollPolicy, backoff_delay
 from store.db import session_scope
 from store.feeds import add_feed
 from store.leases import acquire_lease
@@ -107,6 +108,33 @@ async def test_304_counts_as_success_and_keeps_validators(db_engine, feed_server
     assert summary.not_modified == 1
     feed = _feed(db_engine, feed_id)
     assert feed.etag == '"v1"' and feed.consecutive_failures == 0
+    assert feed.last_success_at == clock.now and feed.next_poll_at == clock.now + INTERVAL
+
+
+async def test_many_304s_are_all_recorded_and_clear_earlier_failures(db_engine, feed_server, clock):
+    """304s are written in batches (UNCHANGED_BATCH): every feed's schedule still moves on."""
+
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(rss(ITEMS), headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
+
+    feed_server.expect_request(re.compile(r"/feed/\d+")).respond_with_handler(handler)
+    ids = [_add(db_engine, feed_server.url_for(f"/feed/{i}")) for i in range(UNCHANGED_BATCH + 30)]
+    await _poll(db_engine, clock)
+    with db_engine.begin() as conn:  # as if the last pass had failed for some of them
+        conn.execute(
+            sa.update(Feed)
+            .where(Feed.id.in_(ids[:10]))  # type: ignore[union-attr]
+            .values(consecutive_failures=2, last_error="timed out")
+        )
+    clock.now += INTERVAL
+    summary = await _poll(db_engine, clock)
+    assert summary.not_modified == len(ids)
+    for feed_id in ids:
+        feed = _feed(db_engine, feed_id)
+        assert feed.next_poll_at == clock.now + INTERVAL, feed_id
+        assert (feed.consecutive_failures, feed.last_error) == (0, None)
 
 
 async def test_permanent_redirect_updates_the_stored_url(db_engine, feed_server, clock):
