@@ -213,6 +213,27 @@ def test_a_lone_article_joins_a_story_on_its_second_look_an_hour_later():
     assert m.revisit(T + timedelta(hours=5)) == []  # one second look each
 
 
+def test_second_looks_fall_due_by_publish_time_so_a_late_article_triggers_none():
+    m = StoryMatcher()
+    m.add(2, art("Sbarro again seeks protection from creditors", 0))
+    _story(
+        m,
+        1,
+        [
+            "Sbarro files for bankruptcy again",
+            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+            "Sbarro bankruptcy: pizza chain to close stores",
+            "Sbarro seeks bankruptcy protection for second time",
+        ],
+        5,
+    )
+    # an article published long before (a feed catching up) makes no look due
+    late = m.assign(art("Elephants tell human voices apart", -300), new_story_id=lambda: 20)
+    assert late.merges == () and m.snapshot(2) is not None
+    on_time = m.assign(art("Polar vortex returns to the Midwest", 61), new_story_id=lambda: 21)
+    assert [(x.absorbed, x.survivor) for x in on_time.merges] == [(2, 1)]
+
+
 def test_a_story_that_grew_is_not_revisited_and_assign_reports_second_looks():
     m = StoryMatcher()
     m.add(2, art("Sbarro again seeks protection from creditors", 0))
