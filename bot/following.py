@@ -342,7 +342,13 @@ def follow_matching_topics(
         if not topics:
             return []
         stories = session.exec(select(Story).where(col(Story.id).in_(list(story_ids)))).all()
+        # a story touched earlier in the batch may have been merged since: follow where it went
+        live: dict[int, Story] = {}
         for story in stories:
+            resolved = resolve_story(story.id, session=session) if story.merged_into_id else story
+            if resolved is not None and resolved.merged_into_id is None:
+                live[resolved.id] = resolved
+        for story in sorted(live.values(), key=lambda s: s.id):
             for topic in topics:
                 if topic_matches(topic.query_key, story.headline):
                     _, new = follow_story(

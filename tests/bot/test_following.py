@@ -12,7 +12,7 @@ from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.models import Article, Chat, Follow, OutboxMessage
 from store.outbox import OutgoingPart, enqueue, park_chat
-from store.stories import create_story
+from store.stories import create_story, merge_stories
 from tests.conftest import T0
 
 CHAT = 5
@@ -99,6 +99,18 @@ def test_topic_follow_follows_future_matching_stories(engine):
     created = svc.follow_matching_topics(engine, [other, match], now=T0)
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, match)]
     assert svc.follow_matching_topics(engine, [match], now=T0) == []  # once only
+
+
+def test_topic_follow_of_a_story_merged_meanwhile_follows_the_survivor(engine):
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    absorbed = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    survivor = _story(engine, "Mt Gox bitcoin exchange files for bankruptcy", articles=3)
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T0)
+    created = svc.follow_matching_topics(engine, [absorbed, survivor], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, survivor)]
+    with session_scope(engine) as session:
+        assert [f.story_id for f in session.exec(select(Follow))] == [survivor]
 
 
 def test_top_ranks_by_sources_then_recency(engine):
