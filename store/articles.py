@@ -83,12 +83,13 @@ def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Artic
 
 
 def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
-    """Assigned articles published since `since`, in published order (to rebuild the matcher)."""
+    """Assigned articles published since `since`, in arrival order (to rebuild the matcher the
+    way the live process built it)."""
     return session.exec(
         select(Article)
         .where(col(Article.story_id).is_not(None))
         .where(col(Article.published_at) >= since)
-        .order_by(col(Article.published_at), col(Article.id))
+        .order_by(col(Article.id))
     ).all()
 
 

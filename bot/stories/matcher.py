@@ -43,6 +43,7 @@ dataclasses; the caller persists stories (see bot.stories.service).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import sys
@@ -160,8 +161,9 @@ class StoryMatcher:
         # (time, story id) in arrival order; a story is re-queued when its time moves on by more
         # than an eighth of the window, so expiry is at most that late and the queue stays small.
         self._expiry: deque[tuple[datetime, int]] = deque()
-        # (time, story id) of stories started by a lone article, for their second look
-        self._revisits: deque[tuple[datetime, int]] = deque()
+        # min-heap of (publish time, story id) of stories started by one article, for their second
+        # look; a heap, not a queue, because feeds deliver out of publish order
+        self._revisits: list[tuple[datetime, int]] = []
         self._next_id = itertools.count(1)
         self.comparisons = 0  # candidate stories scored; lets tests see the index at work
 
@@ -192,7 +194,7 @@ class StoryMatcher:
             story = _Story(story_id, when, when, when)
             self._stories[story_id] = story
             self._expiry.append((when, story_id))
-            self._revisits.append((when, story_id))
+            heapq.heappush(self._revisits, (when, story_id))
         story.articles += 1
         story.first = min(story.first, when)
         if when > story.last:
@@ -282,17 +284,19 @@ class StoryMatcher:
         return self._merge(story, self._stories[best[1]])
 
     def revisit(self, now: datetime) -> list[Merge]:
-        """Give lone articles started `revisit_after` before `now` their second look.
+        """Give lone articles published `revisit_after` or more before `now` their second look.
 
         A story that still holds only the article that started it is scored against the other
         active stories as if the article arrived now; if the best clears `revisit_threshold` the
-        two are merged (the lone article's story is absorbed unless the other is as small and
-        younger). Call after `add`/`settle`; returns the merges, oldest first.
+        lone story is absorbed into that one. Call after `add`/`settle`; returns the merges,
+        oldest article first. `now` is the stream's clock, normally the publish time of the
+        article just added; a caller that knows the wall clock should pass the earlier of the two,
+        so that one article stamped in the future does not spend every pending look early.
         """
         merges: list[Merge] = []
         due = now - self.config.revisit_after
         while self._revisits and self._revisits[0][0] <= due:
-            _, story_id = self._revisits.popleft()
+            _, story_id = heapq.heappop(self._revisits)
             story = self._stories.get(story_id)
             if story is None or story.articles != 1:
                 continue
@@ -304,16 +308,17 @@ class StoryMatcher:
             merges.append(Merge(story_id, survivor.id, self._snapshot(survivor)))
         return merges
 
-    def skip_revisits(self, until: datetime) -> int:
-        """Drop the second looks due by `until` unseen; returns how many were pending.
+    def skip_revisits(self, now: datetime) -> int:
+        """Drop, unseen, the second looks that `revisit(now)` would give; returns how many.
 
-        For a replay of stored articles: the process that stored them already gave every lone
-        article due by then its second look.
+        For a replay of stored articles in arrival order: calling this after each `add` with the
+        clock the live process passed to `revisit` drops exactly the looks it already gave, and
+        keeps those it never got to (a restart right after a late-delivered article).
         """
         dropped = 0
-        due = until - self.config.revisit_after
+        due = now - self.config.revisit_after
         while self._revisits and self._revisits[0][0] <= due:
-            self._revisits.popleft()
+            heapq.heappop(self._revisits)
             dropped += 1
         return dropped
 

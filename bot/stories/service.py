@@ -60,6 +60,14 @@ def article_text(article: Article) -> ArticleText:
     )
 
 
+def look_clock(article: Article) -> datetime:
+    """The clock for second looks after this article: its publish time, but never later than when
+    it was fetched, so one entry stamped in the future does not spend every pending look early.
+    Stored with the article, so a replay after a restart sees the same clock."""
+    fetched = article.fetched_at
+    return article.published_at if fetched is None else min(article.published_at, fetched)
+
+
 class StoryService:
     """The one place where articles become stories, for the poller and `storywire cluster` alike."""
 
@@ -108,9 +116,9 @@ class StoryService:
                     latest = latest.replace(tzinfo=UTC)
                 for article in articles_since(session=session, since=latest - config.window):
                     matcher.add(article.story_id, article_text(article))  # type: ignore[arg-type]
+                    # the second looks given live after this article are not given again
+                    matcher.skip_revisits(look_clock(article))
                     count += 1
-                # Lone articles due their second look by then had it before the restart.
-                matcher.skip_revisits(latest)
         self._matcher = matcher
         log.info(
             "story matcher rebuilt: %d articles, %d active stories", count, matcher.active_count
@@ -157,12 +165,12 @@ class StoryService:
         merges: list[tuple[int, int]] = []
         merge = self._matcher.settle(story.id)  # type: ignore[arg-type]
         if merge is not None:
+            is_new = is_new and merge.survivor == story.id  # a new story that absorbed another
             story = self._apply(merge, session=session, now=now)
             snapshot, merged = merge.snapshot, (merge.absorbed,)
             merges.append((merge.absorbed, merge.survivor))
-            is_new = is_new and merge.absorbed != story.id
         _update(story, snapshot, session=session, now=now)
-        for later in self._matcher.revisit(text.published):
+        for later in self._matcher.revisit(look_clock(article)):
             _update(
                 self._apply(later, session=session, now=now),
                 later.snapshot,

@@ -234,6 +234,25 @@ def test_second_looks_fall_due_by_publish_time_so_a_late_article_triggers_none()
     assert [(x.absorbed, x.survivor) for x in on_time.merges] == [(2, 1)]
 
 
+def test_a_later_stamped_lone_article_that_arrived_first_does_not_hold_up_earlier_looks():
+    m = StoryMatcher()
+    m.add(3, art("Polar vortex returns to the Midwest", 120))  # arrives first, stamped later
+    m.add(2, art("Sbarro again seeks protection from creditors", 0))
+    _story(
+        m,
+        1,
+        [
+            "Sbarro files for bankruptcy again",
+            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+            "Sbarro bankruptcy: pizza chain to close stores",
+            "Sbarro seeks bankruptcy protection for second time",
+        ],
+        5,
+    )
+    assert [(x.absorbed, x.survivor) for x in m.revisit(T + timedelta(minutes=61))] == [(2, 1)]
+    assert m.pending_revisits == 2  # the vortex and the Sbarro story are still to come
+
+
 def test_a_story_that_grew_is_not_revisited_and_assign_reports_second_looks():
     m = StoryMatcher()
     m.add(2, art("Sbarro again seeks protection from creditors", 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import sqlalchemy as sa
@@ -14,6 +14,7 @@ from bot.stories.service import StoryService
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.models import Article, Story
+from tests.conftest import T0
 
 
 def _sample() -> list[dict]:
@@ -83,3 +84,55 @@ def test_stories_in_the_database_match_the_matcher_after_merges(db_engine):
         > latest - service.matcher.config.revisit_after
     }
     assert service.matcher.pending_revisits == len(recent) < len(counts)
+
+
+def _store(engine, items: list[tuple[str, int, int]]) -> None:  # type: ignore[no-untyped-def]
+    """Store (title, published, fetched) articles, times in minutes after T0, in this order."""
+    with session_scope(engine) as session:
+        for title, published, fetched in items:
+            insert_articles(
+                None,
+                [
+                    NewArticle(
+                        f"k:{title}",
+                        None,
+                        None,
+                        title,
+                        "",
+                        "",
+                        "",
+                        T0 + timedelta(minutes=published),
+                    )
+                ],
+                session=session,
+                fetched_at=T0 + timedelta(minutes=fetched),
+            )
+
+
+def test_a_future_stamped_article_does_not_spend_second_looks_early(db_engine):
+    service = StoryService.open(db_engine)
+    _store(db_engine, [("Elephants tell human voices apart", 0, 0)])
+    service.assign_pending()
+    assert service.matcher.pending_revisits == 1
+    # published an hour and a half after it was fetched: the look at 0 is not due yet
+    _store(db_engine, [("Polar vortex returns to the Midwest", 100, 10)])
+    service.assign_pending()
+    assert service.matcher.pending_revisits == 2
+    _store(db_engine, [("Titanfall review: the verdict", 61, 61)])
+    service.assign_pending()
+    assert service.matcher.pending_revisits == 2  # the elephants had their look
+
+
+def test_a_restart_gives_the_second_looks_the_live_process_had_not_given(db_engine):
+    service = StoryService.open(db_engine)
+    _store(db_engine, [("Polar vortex returns to the Midwest", 180, 180)])
+    service.assign_pending()
+    # a feed catching up delivers an article three hours old, its look not yet given; a restart
+    _store(db_engine, [("Elephants tell human voices apart", 0, 185)])
+    service.assign_pending()
+    assert service.matcher.pending_revisits == 2
+    restarted = StoryService.open(db_engine)
+    assert restarted.matcher.pending_revisits == 2
+    _store(db_engine, [("Titanfall review: the verdict", 250, 250)])
+    restarted.assign_pending()
+    assert restarted.matcher.pending_revisits == 1  # both looks given now, one new pending
