@@ -83,13 +83,17 @@ def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Artic
 
 
 def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
-    """Assigned articles published since `since`, in arrival order (to rebuild the matcher the
-    way the live process built it)."""
-    return session.exec(
-        select(Article)
+    """Every article of the stories with an article published since `since`, in arrival order:
+    the stories the matcher holds active, whole, replayed the way the live process built them
+    (a story cut at `since` would be rebuilt smaller and then stored with the smaller count)."""
+    recent = (
+        sa.select(Article.story_id)
         .where(col(Article.story_id).is_not(None))
         .where(col(Article.published_at) >= since)
-        .order_by(col(Article.id))
+        .distinct()
+    )
+    return session.exec(
+        select(Article).where(col(Article.story_id).in_(recent)).order_by(col(Article.id))
     ).all()
 
 

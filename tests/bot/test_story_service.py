@@ -109,6 +109,11 @@ def _store(engine, items: list[tuple[str, int, int]]) -> None:  # type: ignore[n
             )
 
 
+def _story_of(engine, title: str) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return session.exec(select(Article.story_id).where(Article.title == title)).one()
+
+
 def test_a_future_stamped_article_does_not_spend_second_looks_early(db_engine):
     service = StoryService.open(db_engine)
     _store(db_engine, [("Elephants tell human voices apart", 0, 0)])
@@ -136,3 +141,23 @@ def test_a_restart_gives_the_second_looks_the_live_process_had_not_given(db_engi
     _store(db_engine, [("Titanfall review: the verdict", 250, 250)])
     restarted.assign_pending()
     assert restarted.matcher.pending_revisits == 1  # both looks given now, one new pending
+
+
+def test_a_restart_rebuilds_a_story_whole_though_it_began_before_the_window(db_engine):
+    service = StoryService.open(db_engine, window_hours=48)
+    _store(db_engine, [("Sbarro files for bankruptcy again", -47 * 60, -47 * 60)])
+    _store(db_engine, [("Pizza chain Sbarro files for Chapter 11 bankruptcy", -60, -60)])
+    _store(db_engine, [("Polar vortex returns to the Midwest", 120, 120)])
+    service.assign_pending()
+    story = _story_of(db_engine, "Sbarro files for bankruptcy again")
+    assert story == _story_of(db_engine, "Pizza chain Sbarro files for Chapter 11 bankruptcy")
+    live = service.matcher.snapshot(story)
+    restarted = StoryService.open(db_engine, window_hours=48)
+    assert restarted.matcher.snapshot(story) == live
+    assert restarted.matcher.pending_revisits == service.matcher.pending_revisits
+    _store(db_engine, [("Sbarro seeks bankruptcy protection for second time", 125, 125)])
+    [step] = restarted.assign_pending()
+    assert step.story_id == story
+    with session_scope(db_engine) as session:
+        assert session.get(Story, story).article_count == 3
+        assert session.get(Story, story).first_published_at == T0 - timedelta(hours=47)
