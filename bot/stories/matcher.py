@@ -54,7 +54,7 @@ from datetime import datetime, timedelta
 
 from rapidfuzz import fuzz
 
-from bot.stories.normalize import strip_title, text_tokens, url_words, word_rarity
+from bot.stories.normalize import rarity_lookup, strip_title, text_tokens, url_words
 
 __all__ = [
     "ArticleText",
@@ -149,6 +149,7 @@ class _Story:
 class _Features:
     weights: dict[str, float]  # word -> 1.0 for title words, summary_weight for summary-only
     norm_title: str
+    title: tuple[str, ...]  # the title's words, interned
 
 
 class StoryMatcher:
@@ -166,6 +167,8 @@ class StoryMatcher:
         self._revisits: list[tuple[datetime, int]] = []
         self._next_id = itertools.count(1)
         self.comparisons = 0  # candidate stories scored; lets tests see the index at work
+        self._rarity = rarity_lookup() if self.config.word_rarity else ({}, 1.0)
+        self._matched: tuple[ArticleText, _Features] | None = None  # match()'s work, for add()
 
     # --- public API -----------------------------------------------------------------------
 
@@ -180,14 +183,18 @@ class StoryMatcher:
     def match(self, article: ArticleText) -> tuple[int, float] | None:
         """The best active story for the article and its score, or None for a new story."""
         self.expire(article.published)
-        best = self._best(self._features(article))
+        features = self._features(article)
+        self._matched = (article, features)
+        best = self._best(features)
         if best is None or best[1] < self.config.threshold:
             return None
         return best
 
     def add(self, story_id: int, article: ArticleText) -> StorySnapshot:
         """Record the article in the story (created if unknown)."""
-        features = self._features(article)
+        matched, self._matched = self._matched, None
+        # match() just worked these out, unless the stories changed since
+        features = matched[1] if matched and matched[0] is article else self._features(article)
         when = article.published
         story = self._stories.get(story_id)
         if story is None:
@@ -213,7 +220,12 @@ class StoryMatcher:
         story.titles.append((features.norm_title, tuple(features.weights)))
         if len(story.titles) > self.config.recent_titles:
             del story.titles[0]
-        self._consider_headline(story, strip_title(article.title, article.source) or article.title)
+        stripped = strip_title(article.title, article.source)
+        if stripped and features.title:
+            self._consider_headline(story, stripped, features.title)
+        else:
+            title = stripped or article.title
+            self._consider_headline(story, title, tuple(map(sys.intern, text_tokens(title))))
         return self._snapshot(story)
 
     def assign(
@@ -334,7 +346,7 @@ class StoryMatcher:
         title_words = set(norm_title.split())
         summary = self.config.summary_weight
         weights = {t: 1.0 if t in title_words else summary for t in story.tokens}
-        return _Features(weights, norm_title)
+        return _Features(weights, norm_title, tuple(norm_title.split()))
 
     def _merge(self, story: _Story, other: _Story) -> Merge:
         """Merge two stories: the larger survives, the older of two the same size."""
@@ -389,6 +401,7 @@ class StoryMatcher:
         return story_id
 
     def _forget(self, story: _Story) -> None:
+        self._matched = None  # features depend on the postings (joined words)
         del self._stories[story.id]
         for token in story.tokens:
             holders = self._postings.get(token)
@@ -411,7 +424,7 @@ class StoryMatcher:
         if article.url:
             for token in text_tokens(url_words(article.url[:500])):
                 weights.setdefault(sys.intern(token), self.config.summary_weight)
-        return _Features(weights, " ".join(title))
+        return _Features(weights, " ".join(title), tuple(title))
 
     def _idf(self, token: str) -> float:
         # Rarity across active stories: a word repeated by every article of one story still
@@ -420,7 +433,8 @@ class StoryMatcher:
         # few stories are active.
         holders = self._postings.get(token)
         stream = math.log((len(self._stories) + 1) / ((len(holders) if holders else 0) + 1)) + 1.0
-        return stream * word_rarity(token) if self.config.word_rarity else stream
+        rarity, unlisted = self._rarity
+        return stream * rarity.get(token, unlisted) if rarity else stream
 
     def _share(self, story: _Story, token: str) -> float:
         return min(1.0, story.tokens.get(token, 0) / (story.articles * self.config.saturation))
@@ -459,6 +473,7 @@ class StoryMatcher:
         words = features.weights
         squares = {t: v * v for t, v in idf.items()}
         own_norm = math.sqrt(sum(squares.values()))
+        seen = dict(squares)
         pw, nw = self.config.profile_weight, self.config.nearest_weight
         best: tuple[int, float] | None = None
         for story_id, mass in top:
@@ -467,8 +482,15 @@ class StoryMatcher:
             for norm_title, tokens in self._stories[story_id].titles:
                 shared = [t for t in tokens if t in words]
                 if shared:
-                    other = math.sqrt(sum(squares.get(t) or self._idf(t) ** 2 for t in tokens))
-                    nearest = max(nearest, sum(squares[t] for t in shared) / (own_norm * other))
+                    other = 0.0
+                    for t in tokens:
+                        square = seen.get(t)
+                        if square is None:  # idf is fixed within this call: compute it once
+                            square = seen[t] = self._idf(t) ** 2
+                        other += square
+                    nearest = max(
+                        nearest, sum(squares[t] for t in shared) / (own_norm * math.sqrt(other))
+                    )
                 fuzzy = max(fuzzy, fuzz.token_set_ratio(features.norm_title, norm_title) / 100.0)
             score = pw * (mass / total) + nw * nearest + (1 - pw - nw) * fuzzy
             score += self.config.anchor_weight * self._anchor(self._stories[story_id], words)
@@ -489,9 +511,9 @@ class StoryMatcher:
             default=0.0,
         )
 
-    def _consider_headline(self, story: _Story, title: str) -> None:
-        """Keep the most central title: the one whose words most of the story's articles share."""
-        tokens = tuple(sys.intern(t) for t in text_tokens(title))  # shared with the postings' keys
+    def _consider_headline(self, story: _Story, title: str, tokens: tuple[str, ...]) -> None:
+        """Keep the most central title: the one whose words most of the story's articles share.
+        `tokens` are the title's words, interned: shared with the postings' keys."""
         if len(story.central) < self.config.central_titles:
             story.central.append((title, tokens))
         elif story.articles % 5 == 0:

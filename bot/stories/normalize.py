@@ -22,6 +22,7 @@ __all__ = [
     "text_tokens",
     "strip_title",
     "url_words",
+    "rarity_lookup",
     "word_rarity",
 ]
 
@@ -180,3 +181,8 @@ _UNLISTED = _rarity(_UNLISTED_ZIPF)
 def word_rarity(token: str) -> float:
     """A multiplier for a folded token: about 0.3 for everyday words, 1.8 for unlisted ones."""
     return _rarity_table().get(token, _UNLISTED)
+
+
+def rarity_lookup() -> tuple[dict[str, float], float]:
+    """`word_rarity` as (table, value for unlisted words), for callers in a hot loop."""
+    return _rarity_table(), _UNLISTED

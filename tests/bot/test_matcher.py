@@ -327,3 +327,12 @@ def test_same_event_words_do_not_join_different_companies():
     ):
         assert m.assign(art(title, i + 1)).story_id == sbarro.story_id
     assert m.assign(art("Mt. Gox files for bankruptcy protection in Tokyo", 5)).is_new
+
+
+def test_add_reuses_match_work_only_for_the_same_article():
+    m = StoryMatcher()
+    m.match(art("Sbarro files for bankruptcy again"))
+    m.add(1, art("Polar vortex returns to the Midwest"))  # not the article just matched
+    assert m.snapshot(1).headline == "Polar vortex returns to the Midwest"
+    assert m.match(art("Polar vortex returns")) is not None
+    assert m.match(art("Sbarro files for bankruptcy again")) is None
