@@ -221,11 +221,11 @@ class StoryMatcher:
         if len(story.titles) > self.config.recent_titles:
             del story.titles[0]
         stripped = strip_title(article.title, article.source)
-        if stripped and features.title:
+        if stripped:  # the features' title words are this title's words
             self._consider_headline(story, stripped, features.title)
         else:
-            title = stripped or article.title
-            self._consider_headline(story, title, tuple(map(sys.intern, text_tokens(title))))
+            words = tuple(map(sys.intern, text_tokens(article.title)))
+            self._consider_headline(story, article.title, words)
         return self._snapshot(story)
 
     def assign(

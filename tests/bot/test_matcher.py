@@ -190,21 +190,19 @@ def test_assign_reports_a_merge_and_returns_the_survivor():
     assert m.snapshot(9) is None
 
 
+SBARRO = [
+    "Sbarro files for bankruptcy again",
+    "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+    "Sbarro bankruptcy: pizza chain to close stores",
+    "Sbarro seeks bankruptcy protection for second time",
+]
+
+
 def test_a_lone_article_joins_a_story_on_its_second_look_an_hour_later():
     m = StoryMatcher()
     m.add(2, art("Sbarro again seeks protection from creditors", 0))  # alone when it arrived
     m.add(3, art("Polar vortex returns to the Midwest", 1))  # alone, and stays alone
-    _story(
-        m,
-        1,
-        [
-            "Sbarro files for bankruptcy again",
-            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
-            "Sbarro bankruptcy: pizza chain to close stores",
-            "Sbarro seeks bankruptcy protection for second time",
-        ],
-        5,
-    )
+    _story(m, 1, SBARRO, 5)
     assert m.revisit(T + timedelta(minutes=59)) == []  # not due yet
     merges = m.revisit(T + timedelta(minutes=61))
     assert [(x.absorbed, x.survivor) for x in merges] == [(2, 1)]
@@ -216,17 +214,7 @@ def test_a_lone_article_joins_a_story_on_its_second_look_an_hour_later():
 def test_second_looks_fall_due_by_publish_time_so_a_late_article_triggers_none():
     m = StoryMatcher()
     m.add(2, art("Sbarro again seeks protection from creditors", 0))
-    _story(
-        m,
-        1,
-        [
-            "Sbarro files for bankruptcy again",
-            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
-            "Sbarro bankruptcy: pizza chain to close stores",
-            "Sbarro seeks bankruptcy protection for second time",
-        ],
-        5,
-    )
+    _story(m, 1, SBARRO, 5)
     # an article published long before (a feed catching up) makes no look due
     late = m.assign(art("Elephants tell human voices apart", -300), new_story_id=lambda: 20)
     assert late.merges == () and m.snapshot(2) is not None
@@ -238,17 +226,7 @@ def test_a_later_stamped_lone_article_that_arrived_first_does_not_hold_up_earlie
     m = StoryMatcher()
     m.add(3, art("Polar vortex returns to the Midwest", 120))  # arrives first, stamped later
     m.add(2, art("Sbarro again seeks protection from creditors", 0))
-    _story(
-        m,
-        1,
-        [
-            "Sbarro files for bankruptcy again",
-            "Pizza chain Sbarro files for Chapter 11 bankruptcy",
-            "Sbarro bankruptcy: pizza chain to close stores",
-            "Sbarro seeks bankruptcy protection for second time",
-        ],
-        5,
-    )
+    _story(m, 1, SBARRO, 5)
     assert [(x.absorbed, x.survivor) for x in m.revisit(T + timedelta(minutes=61))] == [(2, 1)]
     assert m.pending_revisits == 2  # the vortex and the Sbarro story are still to come
 
