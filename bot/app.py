@@ -8,6 +8,7 @@ safe to run twice (leases keep a second poller or sender out).
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import logging
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from telegram import BotCommand, LinkPreviewOptions, Update
 from telegram.constants import ParseMode
 from telegram.ext import (
@@ -39,7 +41,7 @@ from bot.following import follow_matching_topics
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
-from store.models import Chat
+from store.models import Chat, Feed
 from store.outbox import OutgoingPart, enqueue
 
 log = logging.getLogger(__name__)
@@ -177,12 +179,11 @@ async def poll_tick(context: StorywireContext) -> None:
             poll_policy(services.settings),
             clock=services.clock,
             parsers=services.parsers,
+            on_disabled=functools.partial(_queue_feed_disabled_notice, services),
         )
         summary = await poller.poll_due()
         if summary.feeds:
             log.info(summary.line())
-        if summary.disabled:
-            await asyncio.to_thread(_queue_feed_disabled_notices, services, summary.disabled)
         await assign_and_notify(services)
 
 
@@ -218,27 +219,26 @@ def _queue_topic_notices(services: Services, created) -> None:  # type: ignore[n
             )
 
 
-def _queue_feed_disabled_notices(services: Services, disabled) -> None:  # type: ignore[no-untyped-def]
-    """Tell the operators (ADMIN_USER_IDS who have talked to the bot) that a feed was switched off."""
+def _queue_feed_disabled_notice(services: Services, feed: Feed, session: Session) -> None:
+    """Tell the operators (ADMIN_USER_IDS who have talked to the bot) that a feed was switched
+    off. Runs inside the poller's transaction that disables the feed: both land or neither."""
     now = services.now()
-    with session_scope(services.engine) as session:
-        admins = [a for a in services.settings.admin_user_ids if session.get(Chat, a) is not None]
-        for outcome in disabled:
-            text = (
-                f"Feed {outcome.feed_id} was disabled: {html.escape(outcome.url)}\n"
-                f"Reason: {html.escape(outcome.error or 'too many failures')}\n"
-                "Re-add it with /addfeed once it works again, or remove it with "
-                f"/removefeed {outcome.feed_id}."
-            )
-            for admin in admins:
-                enqueue(
-                    admin,
-                    [OutgoingPart(text)],
-                    session=session,
-                    kind="notice",
-                    dedup_key=f"feed-disabled:{outcome.feed_id}:{admin}:{now.date().isoformat()}",
-                    now=now,
-                )
+    admins = [a for a in services.settings.admin_user_ids if session.get(Chat, a) is not None]
+    text = (
+        f"Feed {feed.id} was disabled: {html.escape(feed.url)}\n"
+        f"Reason: {html.escape(feed.disabled_reason or 'too many failures')}\n"
+        "Re-add it with /addfeed once it works again, or remove it with "
+        f"/removefeed {feed.id}."
+    )
+    for admin in admins:
+        enqueue(
+            admin,
+            [OutgoingPart(text)],
+            session=session,
+            kind="notice",
+            dedup_key=f"feed-disabled:{feed.id}:{admin}:{now.date().isoformat()}",
+            now=now,
+        )
 
 
 async def delivery_tick(context: StorywireContext) -> None:

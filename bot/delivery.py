@@ -30,6 +30,7 @@ from telegram import Bot, InlineKeyboardMarkup, LinkPreviewOptions
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
 
 from bot.digests.render import plain_fallback
+from bot.leases import KeptLease, renewing
 from store.chats import migrate_chat, set_chat_status
 from store.db import session_scope
 from store.leases import acquire_lease, process_holder, release_lease
@@ -91,6 +92,7 @@ class OutboxSender:
         self._gate = asyncio.Semaphore(concurrency)
         self._last_sent: dict[int, float] = {}
         self._has_lease = False
+        self._kept: KeptLease | None = None  # the lease renewal of the round being sent
         self._draining = asyncio.Lock()
 
     @property
@@ -134,7 +136,19 @@ class OutboxSender:
                 ids = await asyncio.to_thread(claimable, self._engine, now=self._clock(), limit=200)
                 if not ids:
                     return summary
-                results = await asyncio.gather(*(self._send_one(row_id) for row_id in ids))
+                # A send can outlast the lease (the rate limiter waits out RetryAfter): renew it
+                # meanwhile, or a second instance would take it over and send these rows again.
+                keep = renewing(
+                    self._engine,
+                    SENDER_LEASE,
+                    self._holder,
+                    ttl=self._lease_ttl,
+                    clock=self._clock,
+                )
+                async with keep as self._kept:
+                    results = await asyncio.gather(*(self._send_one(row_id) for row_id in ids))
+                if self._kept.lost:
+                    self._has_lease = False
                 for outcome in results:
                     if outcome is not None:
                         setattr(summary, outcome, getattr(summary, outcome) + 1)
@@ -159,6 +173,9 @@ class OutboxSender:
             return None
         async with self._gate:
             await self._pace(row.chat_id)
+            if self._kept is not None and self._kept.lost:
+                # Another instance holds the lease now and will send what we claimed.
+                return None
             return await self._deliver(row)
 
     async def _deliver(self, row: OutboxMessage) -> str:

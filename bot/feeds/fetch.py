@@ -134,7 +134,9 @@ async def fetch_feed(
         result = FetchResult(
             FetchOutcome.TIMEOUT, None, url, error=f"timed out after {limits.timeout:g}s"
         )
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError) as exc:
+        # UnicodeError: httpx lets idna's error through for a host it cannot encode ("xn--"),
+        # whether the URL was stored or came in a Location header
         result = FetchResult(FetchOutcome.INVALID_URL, None, url, error=f"invalid URL: {exc}")
     except httpx.DecodingError as exc:
         result = FetchResult(
@@ -149,6 +151,10 @@ async def fetch_feed(
 
 class _TooLarge(Exception):
     """The decoded body passed the cap while streaming."""
+
+
+class _BadEncoding(Exception):
+    """A Content-Encoding we did not ask for and will not decode."""
 
 
 async def _fetch(
@@ -286,6 +292,12 @@ async def _finish(
         return FetchResult(
             FetchOutcome.NETWORK_ERROR, error=f"could not decompress the body: {exc}", **common
         )
+    except _BadEncoding as exc:
+        return FetchResult(
+            FetchOutcome.NETWORK_ERROR,
+            error=f"unsupported Content-Encoding {str(exc)[:80]!r} (we accept {ACCEPT_ENCODING})",
+            **common,
+        )
     if not body and _unchanged(response, sent):
         # Some servers answer an unchanged feed with an empty 200 instead of a 304.
         return FetchResult(FetchOutcome.NOT_MODIFIED, permanent_url=moved, **common)
@@ -305,7 +317,11 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     encoding = response.headers.get("content-encoding", "").strip().lower()
     body = bytearray()
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        # identity, or something a caller's own client negotiated: httpx decodes it
+        if encoding not in ("", "identity"):
+            # Stacked ("gzip, gzip") or unasked-for codings: httpx would inflate each network
+            # read whole before the cap could look at it, so a few hundred bytes could allocate
+            # gigabytes. We ask for gzip and deflate only; refuse anything else.
+            raise _BadEncoding(encoding)
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > cap:

@@ -28,6 +28,9 @@ TITLE_LIMIT = 500
 SUMMARY_LIMIT = 1000
 FUTURE_SLACK = timedelta(hours=1)
 _SPACE = re.compile(r"\s+")
+# C0 and C1 controls, DEL and lone surrogates: a loose parse keeps "&#0;" or a raw \x01, which
+# PostgreSQL refuses in text (NUL) and Telegram would show as junk. Tabs and newlines are spaces.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 _HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*(<!doctype\s+html|<html)", re.I | re.S)
 
 
@@ -102,7 +105,7 @@ def clean_text(html_or_text: str, *, limit: int | None = None) -> str:
         text = "".join(parser.parts)
     else:
         text = html_or_text
-    text = _SPACE.sub(" ", text.replace("\u00a0", " ")).strip()
+    text = _SPACE.sub(" ", _CONTROL.sub(" ", text).replace("\u00a0", " ")).strip()
     return _cut(text, limit) if limit else text
 
 
@@ -122,14 +125,21 @@ def _entry_key(entry: feedparser.FeedParserDict, title: str, summary: str) -> st
     for key in ("id", "link"):
         value = entry.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()[:1024]
+            return _CONTROL.sub("", value.strip())[:1024]
     stamp = entry.get("published") or entry.get("updated") or ""
-    basis = f"{title}\x1f{stamp}" if stamp else f"{title}\x1f{summary}"
-    return "sha1:" + hashlib.sha1(basis.encode("utf-8")).hexdigest()
+    return _digest(f"{title}\x1f{stamp}" if stamp else f"{title}\x1f{summary}")
+
+
+def _digest(text: str) -> str:
+    return "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def _is_web_url(value: object) -> bool:
-    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+    return (
+        isinstance(value, str)
+        and value.lower().startswith(("http://", "https://"))
+        and not _CONTROL.search(value)
+    )
 
 
 def _looks_like_html(body: bytes, content_type: str | None) -> bool:
@@ -169,6 +179,7 @@ def parse_feed(
     entries: list[ParsedEntry] = []
     seen: set[str] = set()
     skipped = 0
+    items = []
     for entry in parsed.entries:
         summary = clean_text(
             entry.get("summary") or entry.get("description") or "", limit=SUMMARY_LIMIT
@@ -179,12 +190,21 @@ def parse_feed(
         if not title:
             skipped += 1
             continue
-        key = _entry_key(entry, title, summary)
+        link = entry.get("link") or ""
+        link = canonical_url(link) if _is_web_url(link) else ""
+        items.append((entry, title, summary, link, _entry_key(entry, title, summary)))
+    # Some feeds give every item the same <guid> (often the site's address). The guid then cannot
+    # tell items apart, and keying on it alone would keep only the first: such items are keyed by
+    # guid and link (or title) instead. Items that agree on all of it are one item repeated.
+    variants: dict[str, set[tuple[str, str]]] = {}
+    for _, title, _, link, key in items:
+        variants.setdefault(key, set()).add((link, "" if link else title))
+    for entry, title, summary, link, key in items:
+        if len(variants[key]) > 1:
+            key = f"{key[:900]}\x1f{link or _digest(title)}"[:1024]
         if key in seen:
             continue
         seen.add(key)
-        link = entry.get("link") or ""
-        link = canonical_url(link) if _is_web_url(link) else ""
         source = entry.get("source") or {}
         entries.append(
             ParsedEntry(

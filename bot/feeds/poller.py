@@ -25,6 +25,7 @@ from sqlmodel import Session
 from bot.config import Settings
 from bot.feeds.fetch import FetchLimits, FetchOutcome, FetchResult, fetch_feed
 from bot.feeds.parse import NotAFeed, ParsedFeed, parse_feed
+from bot.leases import renewing
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.feeds import due_feeds, find_feed, get_feed
@@ -55,6 +56,7 @@ class PollPolicy:
     per_host_concurrency: int = 4
     failure_limit: int = 12
     limits: FetchLimits = field(default_factory=FetchLimits)
+    lease_ttl: timedelta = LEASE_TTL  # renewed every third of it while a pass runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +147,12 @@ class FeedPoller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         holder: str | None = None,
         parsers: Executor | None = None,
+        on_disabled: Callable[[Feed, Session], None] | None = None,
     ) -> None:
+        """`on_disabled(feed, session)` runs in the transaction that disables a feed, so that
+        what it writes (a notice to the operators) is committed with the disable or not at all."""
         self._engine = engine
+        self._on_disabled = on_disabled
         self._parsers = parsers
         self._client = client
         self._policy = policy
@@ -170,7 +176,12 @@ class FeedPoller:
         started = asyncio.get_running_loop().time()
         now = self._clock()
         got = await asyncio.to_thread(
-            acquire_lease, self._engine, POLLER_LEASE, self._holder, ttl=LEASE_TTL, now=now
+            acquire_lease,
+            self._engine,
+            POLLER_LEASE,
+            self._holder,
+            ttl=self._policy.lease_ttl,
+            now=now,
         )
         if not got:
             log.info("another poller holds the lease; skipping this pass")
@@ -185,12 +196,29 @@ class FeedPoller:
 
             async def run(job: _FeedJob) -> None:
                 async with gate, self._host_gate(job.url):
-                    outcome = await self._poll_one(job)
+                    try:
+                        outcome = await self._poll_one(job)
+                    except Exception as exc:  # noqa: BLE001 - one feed must not end the pass
+                        # A bug or a row the database refuses: inside the TaskGroup it would
+                        # cancel every other feed's poll, pass after pass, since this feed would
+                        # stay due. Count it as the feed's failure instead, so it backs off.
+                        log.exception("feed %s (%s): unexpected error", job.id, job.url)
+                        async with self._write_lock:
+                            outcome = await asyncio.to_thread(
+                                self._record_crash, job, f"{type(exc).__name__}: {exc}"[:300]
+                            )
                 self._count(summary, outcome)
                 if on_feed_done is not None:
                     on_feed_done(outcome)
 
-            async with asyncio.TaskGroup() as tg:
+            keep = renewing(
+                self._engine,
+                POLLER_LEASE,
+                self._holder,
+                ttl=self._policy.lease_ttl,
+                clock=self._clock,
+            )
+            async with keep, asyncio.TaskGroup() as tg:
                 for job in jobs:
                     tg.create_task(run(job))
         finally:
@@ -306,7 +334,10 @@ class FeedPoller:
             new_ids: list[int] = []
             outcome = result.outcome.value
             error = result.error
-            if result.permanent_url and result.permanent_url != feed.url:
+            # Follow a permanent move only to a feed: a 301 to a parked or broken page must not
+            # rewrite the stored URL for good.
+            landed = parsed is not None or result.outcome is FetchOutcome.NOT_MODIFIED
+            if result.permanent_url and result.permanent_url != feed.url and landed:
                 self._move_url(feed, result.permanent_url, session=session)
             if result.outcome is FetchOutcome.OK and parsed is not None:
                 feed_source = feed.name or parsed.title or (urlsplit(feed.url).hostname or feed.url)
@@ -351,6 +382,8 @@ class FeedPoller:
                     delay = max(result.retry_after, policy.interval)
                 self._failed(feed, error or outcome, now, delay)
             disabled = feed.status == FeedStatus.DISABLED
+            if disabled and self._on_disabled is not None:
+                self._on_disabled(feed, session)
             session.add(feed)
             if error and outcome not in (FetchOutcome.OK.value, FetchOutcome.NOT_MODIFIED.value):
                 log.warning(
@@ -361,6 +394,21 @@ class FeedPoller:
                     error,
                 )
             return FeedOutcome(job.id, feed.url, outcome, len(new_ids), error, disabled)
+
+    def _record_crash(self, job: _FeedJob, error: str) -> FeedOutcome:
+        """A failure for a feed whose poll raised; what it fetched is fetched again later."""
+        now = self._clock()
+        with session_scope(self._engine) as session:
+            feed = get_feed(job.id, session=session)
+            if feed is None:
+                return FeedOutcome(job.id, job.url, "removed", 0, None, False)
+            feed.last_polled_at = now
+            self._failed(feed, f"internal error: {error}", now, None)
+            session.add(feed)
+            disabled = feed.status == FeedStatus.DISABLED
+            if disabled and self._on_disabled is not None:
+                self._on_disabled(feed, session)
+            return FeedOutcome(job.id, feed.url, "error", 0, error, disabled)
 
     def _succeeded(self, feed: Feed, now: datetime) -> None:
         feed.last_success_at = now

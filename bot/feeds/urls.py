@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+import httpx
+
 __all__ = ["canonical_url", "validate_feed_url", "TRACKING_PARAMS"]
 
 TRACKING_PARAMS = frozenset(
@@ -96,6 +98,10 @@ def validate_feed_url(url: str) -> str:
         raise ValueError("only http:// and https:// feeds can be polled")
     if not parts.hostname:
         raise ValueError("URL has no host name")
+    try:
+        httpx.URL(url).host  # noqa: B018 - as the fetcher will: a host idna cannot decode fails
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise ValueError(f"bad host name ({exc})") from None
     auth, at, host_port = parts.netloc.rpartition("@")
     netloc = f"{auth}{at}{host_port.lower()}"
     return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
