@@ -31,8 +31,8 @@ from store.follows import (
     unfollow_story,
 )
 from store.models import Article, Chat, Story
-from store.outbox import unpark_chat
-from store.stories import resolve_story, top_stories
+from store.outbox import cancel_story_digests, unpark_chat
+from store.stories import merged_story_ids, resolve_story, top_stories
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -251,6 +251,9 @@ def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
             story = resolve_story(int(target), session=session)
             story_id = story.id if story is not None else int(target)
             if unfollow_story(chat_id, story_id, session=session):  # type: ignore[arg-type]
+                # and the digests of it still queued (of stories merged into it, too)
+                ids = [story_id, *merged_story_ids(story_id, session=session)]  # type: ignore[list-item]
+                cancel_story_digests(chat_id, ids, session=session)
                 return story.headline if story else f"story {story_id}"
             return None
         key = topic_key(target)

@@ -66,7 +66,21 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
     old = session.get(Chat, old_id)
     new = session.get(Chat, new_id)
     if old is None:
+        # never recorded, yet a send to it said "migrated": move what waits for it, or the
+        # sender would meet the same answer for ever
+        _move_pending(old_id, new_id, session=session)
         return new
+    if new is not None and old.status != ChatStatus.MIGRATED and not new.digest_enabled:
+        # The supergroup's own row came first (its "migrated from" message, or any update from
+        # it, can arrive before the old group's "migrated to"): it is the same group, so it
+        # takes the group's settings rather than the defaults it was created with.
+        new.timezone = old.timezone
+        new.digest_enabled = old.digest_enabled
+        new.digest_time = old.digest_time
+        new.next_digest_at = old.next_digest_at
+        new.title = new.title or old.title
+        new.updated_at = now
+        session.add(new)
     if new is None:
         new = Chat(
             id=new_id,
@@ -98,12 +112,7 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
         else:
             topic.chat_id = new_id
             session.add(topic)
-    session.execute(
-        sa.update(OutboxMessage)
-        .where(col(OutboxMessage.chat_id) == old_id)
-        .where(col(OutboxMessage.status) == OutboxStatus.PENDING)
-        .values(chat_id=new_id)
-    )
+    _move_pending(old_id, new_id, session=session)
     old.status = ChatStatus.MIGRATED
     old.migrated_to_chat_id = new_id
     old.digest_enabled = False
@@ -112,6 +121,15 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
     session.add(old)
     session.flush()
     return new
+
+
+def _move_pending(old_id: int, new_id: int, *, session: Session) -> None:
+    session.execute(
+        sa.update(OutboxMessage)
+        .where(col(OutboxMessage.chat_id) == old_id)
+        .where(col(OutboxMessage.status) == OutboxStatus.PENDING)
+        .values(chat_id=new_id)
+    )
 
 
 def set_digest(

@@ -155,12 +155,19 @@ def pending_follows(*, session: Session, now: datetime) -> list[PendingFollow]:
     return [PendingFollow(*row) for row in session.execute(stmt).all()]
 
 
-def advance_follow(follow_id: int, newest_article_id: int, *, session: Session) -> bool:
-    """Record that articles up to `newest_article_id` were digested. Conditional, so a second
-    scheduler running the same tick cannot advance (and enqueue) twice."""
+def advance_follow(
+    follow_id: int, after_id: int, newest_article_id: int, *, story_id: int, session: Session
+) -> bool:
+    """Record that the follow's articles up to `newest_article_id` were digested, if it still
+    stands where the caller read it: at `after_id`, on `story_id`. A compare-and-set: a second
+    scheduler working from the same or an older read, or a merge that moved the follow to
+    another story meanwhile, finds nothing to advance, so nothing is queued twice or from the
+    wrong story."""
     result = session.execute(
         sa.update(Follow)
         .where(col(Follow.id) == follow_id)
+        .where(col(Follow.story_id) == story_id)
+        .where(col(Follow.last_digested_article_id) == after_id)
         .where(col(Follow.last_digested_article_id) < newest_article_id)
         .values(last_digested_article_id=newest_article_id)
     )

@@ -41,12 +41,17 @@ def enqueue(
     now: datetime,
     story_id: int | None = None,
 ) -> int:
-    """Queue a message (several parts when split); returns rows inserted (0 if already queued)."""
+    """Queue a message (several parts when split); returns rows inserted (0 if already queued).
+
+    The first part's key is `dedup_key` itself, whatever the number of parts, and the others are
+    queued only if it was new: a digest queued again after it grew from two messages to three is
+    still the one digest, not a lone third part.
+    """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert(_T) if dialect == "postgresql" else sqlite.insert(_T)
     inserted = 0
     for index, part in enumerate(parts):
-        key = dedup_key if len(parts) == 1 else f"{dedup_key}#{index}"
+        key = dedup_key if index == 0 else f"{dedup_key}#{index}"
         result = session.execute(
             insert.on_conflict_do_nothing()
             .values(
@@ -65,7 +70,11 @@ def enqueue(
             )
             .returning(_T.c.id)
         )
-        inserted += result.first() is not None
+        if result.first() is None:
+            if index == 0:
+                return 0  # queued before, perhaps split differently
+            continue
+        inserted += 1
     return inserted
 
 
@@ -211,3 +220,36 @@ def counts(engine: Engine) -> dict[str, int]:
                 sa.select(_T.c.status, sa.func.count()).group_by(_T.c.status)
             )
         }
+
+
+def cancel_story_digests(chat_id: int, story_ids: Sequence[int], *, session: Session) -> int:
+    """Drop a chat's queued digests of these stories (it unfollowed); returns rows dropped.
+
+    A digest whose first message already went out is left to finish: a chat's rows go out in
+    order, so a digest is either wholly unsent (its first row pending) or partly sent.
+    """
+    if not story_ids:
+        return 0
+    waiting = (OutboxStatus.PENDING, OutboxStatus.PARKED)
+    heads = session.execute(
+        sa.select(_T.c.dedup_key).where(
+            _T.c.chat_id == chat_id,
+            _T.c.kind == "story_digest",
+            _T.c.story_id.in_(story_ids),
+            _T.c.part == 0,
+            _T.c.status.in_(waiting),
+        )
+    ).scalars()
+    dropped = 0
+    for key in list(heads):
+        result = session.execute(
+            sa.delete(_T).where(
+                _T.c.chat_id == chat_id,
+                _T.c.status.in_(waiting),
+                sa.or_(
+                    _T.c.dedup_key == key, _T.c.dedup_key.startswith(f"{key}#", autoescape=True)
+                ),
+            )
+        )
+        dropped += result.rowcount or 0
+    return dropped

@@ -64,15 +64,32 @@ def resolve_story(story_id: int, *, session: Session) -> Story | None:
     return story
 
 
+def merged_story_ids(story_id: int, *, session: Session) -> list[int]:
+    """Ids of the stories merged into this one (merges always point at the final survivor)."""
+    return list(session.exec(select(Story.id).where(Story.merged_into_id == story_id)))  # type: ignore[arg-type]
+
+
 def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: datetime) -> None:
     """Move the absorbed story's articles and follows to the survivor, in the caller's transaction.
 
-    A chat that followed both keeps one follow with the later watermark, so no article is sent to
-    it twice; a chat that followed only the absorbed story now follows the survivor from its own
-    watermark, so what it had not been sent yet still comes. The absorbed row stays, pointing at
+    A chat that followed both keeps one follow, with the watermark that loses nothing and repeats
+    nothing when there is one (see `_merged_watermark`); a chat that followed only the absorbed
+    story now follows the survivor from its own watermark, so what it had not been sent still
+    comes. The absorbed row stays, pointing at
     the survivor, so old buttons and `/story` ids keep working.
     """
     session.flush()
+    both = {
+        f.chat_id: f.last_digested_article_id
+        for f in session.exec(select(Follow).where(Follow.story_id == survivor_id))
+    }
+    watermarks = {
+        f.chat_id: _merged_watermark(
+            session, survivor_id, both[f.chat_id], absorbed_id, f.last_digested_article_id
+        )
+        for f in session.exec(select(Follow).where(Follow.story_id == absorbed_id))
+        if f.chat_id in both
+    }
     session.execute(
         sa.update(Article).where(col(Article.story_id) == absorbed_id).values(story_id=survivor_id)
     )
@@ -85,9 +102,7 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
             follow.story_id = survivor_id
             session.add(follow)
             continue
-        kept.last_digested_article_id = max(
-            kept.last_digested_article_id, follow.last_digested_article_id
-        )
+        kept.last_digested_article_id = watermarks[follow.chat_id]
         kept.topic_id = kept.topic_id or follow.topic_id
         session.add(kept)
         session.delete(follow)
@@ -104,6 +119,35 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
         absorbed.updated_at = now
         session.add(absorbed)
     session.flush()
+
+
+def _merged_watermark(
+    session: Session, story_a: int, mark_a: int, story_b: int, mark_b: int
+) -> int:
+    """One watermark for a chat that followed two stories about to merge.
+
+    Between the two marks lie articles of the story with the lower mark, not yet sent, and of the
+    other, already sent. When only one kind is there, one of the marks is exact. When both are,
+    the lower mark is taken: the chat's next digest repeats a few articles rather than never
+    showing the others.
+    """
+    (low_story, low), (high_story, high) = sorted(
+        ((story_a, mark_a), (story_b, mark_b)), key=lambda x: x[1]
+    )
+
+    def any_between(story_id: int) -> bool:
+        return (
+            session.exec(
+                select(Article.id)
+                .where(Article.story_id == story_id)
+                .where(col(Article.id) > low)
+                .where(col(Article.id) <= high)
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+    return low if any_between(low_story) else high
 
 
 def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequence[Story]:

@@ -114,21 +114,27 @@ def _queue_one_update(
     story = get_story(story_id, session=session)
     if story is None:
         return 0
-    articles = [
+    in_range = [
         a for a in story_articles(story_id, session=session, after_id=after_id) if a.id <= newest_id
-    ][-MAX_ARTICLES_PER_DIGEST:]
+    ]
+    articles = in_range[-MAX_ARTICLES_PER_DIGEST:]
+    if not articles:
+        return 0  # merged away since the read: the follow is pending on the survivor now
     parts = story_digest_parts(story, articles)
     queued = 0
     for follow in follows:
-        if not advance_follow(follow.follow_id, newest_id, session=session):
-            continue  # another tick got there first
+        if not advance_follow(
+            follow.follow_id, after_id, newest_id, story_id=story_id, session=session
+        ):
+            continue  # another tick, or a merge, got there first
         enqueue(
             follow.chat_id,
             parts,
             session=session,
             kind="story_digest",
             story_id=story_id,
-            dedup_key=f"story:{follow.chat_id}:{story_id}:{newest_id}",
+            # the count too: a merge can bring older articles into the same range of ids
+            dedup_key=f"story:{follow.chat_id}:{story_id}:{after_id}-{newest_id}:{len(in_range)}",
             now=now,
         )
         queued += 1

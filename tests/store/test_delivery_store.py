@@ -150,8 +150,9 @@ def test_pending_follows_counts_only_unsent_articles(db_engine):
         assert pending.unsent == 3
         assert pending.first_unsent_at == T0
         assert pending.last_unsent_at == T0 + timedelta(minutes=2)
-        assert advance_follow(pending.follow_id, pending.newest_article_id, session=session)
-        assert not advance_follow(pending.follow_id, pending.newest_article_id, session=session)
+        args = (pending.follow_id, pending.last_digested_article_id, pending.newest_article_id)
+        assert advance_follow(*args, story_id=pending.story_id, session=session)
+        assert not advance_follow(*args, story_id=pending.story_id, session=session)
     with session_scope(db_engine) as session:
         assert pending_follows(session=session, now=T0) == []
 
