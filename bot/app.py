@@ -38,8 +38,10 @@ from bot.digests.schedule import Debounce
 from bot.feeds.fetch import make_http_client
 from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
 from bot.following import follow_matching_topics
+from bot.leases import renewing
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
+from store.leases import acquire_lease, process_holder
 from store.migrate import upgrade
 from store.models import Chat, Feed
 from store.outbox import OutgoingPart, enqueue
@@ -72,6 +74,9 @@ class Services:
     digest_policy: DigestPolicy = field(default_factory=DigestPolicy)
     poll_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     parsers: Executor | None = None
+    holder: str = field(default_factory=process_holder)  # this process, for leases
+    # True while this process holds the matcher lease since its matcher was last rebuilt
+    matcher_lease_held: bool = False
 
     def now(self) -> datetime:
         return self.clock()
@@ -167,6 +172,10 @@ async def _post_shutdown(application: Application) -> None:
     services.engine.dispose()
 
 
+MATCHER_LEASE = "matcher"
+MATCHER_LEASE_TTL = timedelta(minutes=5)
+
+
 async def poll_tick(context: StorywireContext) -> None:
     """Poll due feeds, match new articles to stories, follow stories that match topics."""
     services = context.services
@@ -188,9 +197,30 @@ async def poll_tick(context: StorywireContext) -> None:
 
 
 async def assign_and_notify(services: Services) -> int:
-    """Match unassigned articles; follow stories matching topics and tell those chats."""
+    """Match unassigned articles; follow stories matching topics and tell those chats.
+
+    One instance matches at a time: each keeps its stories in memory, and two matching the same
+    articles would start the same story twice. The matcher lease says which; an instance that
+    takes it over from another first rebuilds its memory from the database, where the other's
+    work went.
+    """
     assert services.stories is not None
-    assignments = await asyncio.to_thread(services.stories.assign_pending)
+    engine, holder = services.engine, services.holder
+    got = await asyncio.to_thread(
+        acquire_lease, engine, MATCHER_LEASE, holder, ttl=MATCHER_LEASE_TTL, now=services.now()
+    )
+    if not got:
+        services.matcher_lease_held = False
+        log.info("another instance holds the matcher lease; not matching articles")
+        return 0
+    keep = renewing(engine, MATCHER_LEASE, holder, ttl=MATCHER_LEASE_TTL, clock=services.clock)
+    async with keep as kept:
+        if not services.matcher_lease_held:
+            await asyncio.to_thread(services.stories.rebuild)
+            services.matcher_lease_held = True
+        assignments = await asyncio.to_thread(services.stories.assign_pending)
+    if kept.lost:
+        services.matcher_lease_held = False
     story_ids = sorted({s for a in assignments for s in a.touched})
     created = await asyncio.to_thread(
         follow_matching_topics, services.engine, story_ids, now=services.now()
