@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from telegram import Bot
 
 from store.db import make_engine
 from store.migrate import upgrade
+from tests.fakes.bot_api import FakeBotApi
 from tests.fakes.feeds import feed_server, loopback_server  # noqa: F401  (shared fixtures)
 
 PG_URL = os.environ.get("STORYWIRE_TEST_DATABASE_URL")
@@ -59,3 +61,17 @@ def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
     upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotApi]:
+    """The loopback Bot API server."""
+    async with FakeBotApi() as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
+    """A PTB Bot pointed at the loopback Bot API."""
+    async with Bot(api.token, base_url=api.bot_base_url) as client:
+        yield client

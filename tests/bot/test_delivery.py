@@ -10,9 +10,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlmodel import select
-from telegram import Bot
 
 from bot.delivery import OutboxSender
 from store.chats import upsert_chat
@@ -22,21 +20,8 @@ from store.leases import acquire_lease
 from store.models import Chat, ChatStatus, Follow, OutboxMessage, OutboxStatus
 from store.outbox import OutgoingPart, counts, enqueue
 from store.stories import create_story
-from tests.fakes.bot_api import FakeBotApi
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def api():  # type: ignore[no-untyped-def]
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
-async def bot(api):  # type: ignore[no-untyped-def]
-    async with Bot(api.token, base_url=api.bot_base_url) as client:
-        yield client
 
 
 def sender_for(engine, bot, **kw) -> OutboxSender:  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import select
-from telegram import Bot
 
 from bot import following as svc
 from bot.delivery import OutboxSender
@@ -24,23 +23,10 @@ from store.follows import pending_follows
 from store.models import Article, Chat, OutboxMessage, Story
 from store.outbox import OutgoingPart, enqueue
 from store.stories import create_story
-from tests.fakes.bot_api import FakeBotApi
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 POLICY = DigestPolicy(debounce=Debounce(quiet=timedelta(minutes=10)), group_size=3)
 USER, GROUP = 7, -100
-
-
-@pytest.fixture
-async def api():  # type: ignore[no-untyped-def]
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
-async def bot(api):  # type: ignore[no-untyped-def]
-    async with Bot(api.token, base_url=api.bot_base_url) as client:
-        yield client
 
 
 @pytest.fixture

@@ -65,12 +65,6 @@ LATER = [
 
 
 @pytest.fixture
-async def api():  # type: ignore[no-untyped-def]
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
 def feed(feed_server):  # type: ignore[no-untyped-def]
     items = list(FIRST)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -34,18 +33,6 @@ from telegram.request import HTTPXRequest
 from tests.fakes.bot_api import FakeBotApi, parse_telegram_html
 
 KEYBOARD = InlineKeyboardMarkup([[InlineKeyboardButton("Follow", callback_data="fol:42")]])
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotApi]:
-    async with FakeBotApi() as server:
-        yield server
-
-
-@pytest.fixture
-async def bot(api: FakeBotApi) -> AsyncIterator[Bot]:
-    async with Bot(api.token, base_url=api.bot_base_url) as client:
-        yield client
 
 
 def seconds(delay: int | timedelta) -> float:
