@@ -381,9 +381,7 @@ class FeedPoller:
                 if result.outcome is FetchOutcome.RATE_LIMITED and result.retry_after is not None:
                     delay = max(result.retry_after, policy.interval)
                 self._failed(feed, error or outcome, now, delay)
-            disabled = feed.status == FeedStatus.DISABLED
-            if disabled and self._on_disabled is not None:
-                self._on_disabled(feed, session)
+            disabled = self._disabled_now(feed, session)
             session.add(feed)
             if error and outcome not in (FetchOutcome.OK.value, FetchOutcome.NOT_MODIFIED.value):
                 log.warning(
@@ -405,10 +403,16 @@ class FeedPoller:
             feed.last_polled_at = now
             self._failed(feed, f"internal error: {error}", now, None)
             session.add(feed)
-            disabled = feed.status == FeedStatus.DISABLED
-            if disabled and self._on_disabled is not None:
-                self._on_disabled(feed, session)
+            disabled = self._disabled_now(feed, session)
             return FeedOutcome(job.id, feed.url, "error", 0, error, disabled)
+
+    def _disabled_now(self, feed: Feed, session: Session) -> bool:
+        """Whether recording this poll disabled the feed (only due, active feeds are polled);
+        if so, `on_disabled` writes in the same transaction."""
+        disabled = feed.status == FeedStatus.DISABLED
+        if disabled and self._on_disabled is not None:
+            self._on_disabled(feed, session)
+        return disabled
 
     def _succeeded(self, feed: Feed, now: datetime) -> None:
         feed.last_success_at = now
