@@ -149,11 +149,12 @@ async def _post_init(application: Application) -> None:
     await asyncio.to_thread(upgrade, services.engine)
     services.http = make_http_client(poll_policy(services.settings).limits)
     services.parsers = parser_pool(services.settings.parse_processes)
-    services.stories = await asyncio.to_thread(
-        StoryService.open,
+    # Not rebuilt here: assign_and_notify rebuilds it when it first takes the matcher lease.
+    services.stories = StoryService.open(
         services.engine,
         window_hours=services.settings.story_window_hours,
         clock=services.clock,
+        rebuild=False,
     )
     services.sender = OutboxSender(services.engine, application.bot, clock=services.clock)
     await application.bot.set_my_commands(COMMANDS)

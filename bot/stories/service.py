@@ -88,11 +88,16 @@ class StoryService:
         *,
         window_hours: int = 48,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rebuild: bool = True,
     ) -> StoryService:
-        """A service whose matcher holds the stories active in the window, rebuilt from the DB."""
+        """A service whose matcher holds the stories active in the window, rebuilt from the DB.
+
+        `rebuild=False` leaves it empty, for a caller that rebuilds before its first match
+        anyway (the bot, once it takes the matcher lease)."""
         config = MatcherConfig(window=timedelta(hours=window_hours))
         service = cls(engine, StoryMatcher(config), clock=clock)
-        service.rebuild()
+        if rebuild:
+            service.rebuild()
         return service
 
     @property
