@@ -16,13 +16,13 @@ from bot.digests.queue import (
     queue_story_digests,
 )
 from bot.digests.schedule import Debounce
-from store.articles import NewArticle, insert_articles
 from store.chats import migrate_chat, upsert_chat
 from store.db import session_scope
 from store.follows import pending_follows
-from store.models import Article, Chat, OutboxMessage, Story
+from store.models import Chat, OutboxMessage
 from store.outbox import OutgoingPart, enqueue
 from store.stories import create_story
+from tests.bot.digest_data import add_articles, outbox_rows
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 POLICY = DigestPolicy(debounce=Debounce(quiet=timedelta(minutes=10)), group_size=3)
@@ -42,47 +42,6 @@ def _story(engine, at: datetime = T) -> int:  # type: ignore[no-untyped-def]
         return create_story(
             session=session, headline="Storm hits coast", published_at=at, now=at
         ).id
-
-
-def _articles(
-    engine, story_id: int, n: int, at: datetime, tag: str = "", title_len: int = 0
-) -> list[int]:  # type: ignore[no-untyped-def]
-    ids = []
-    with session_scope(engine) as session:
-        for i in range(n):
-            title = f"Storm update {tag}{i}: coast battered by winds"
-            if title_len:
-                title = (title + " " + "lorem ipsum dolor " * 40)[:title_len]
-            [aid] = insert_articles(
-                None,
-                [
-                    NewArticle(
-                        f"{story_id}-{tag}{i}-{at.isoformat()}",
-                        None,
-                        f"https://n.example/{story_id}/{tag}{i}",
-                        title,
-                        ("summary " * 60) if title_len else "",
-                        f"Outlet {i}",
-                        "",
-                        at,
-                    )
-                ],
-                session=session,
-                fetched_at=at,
-            )
-            session.get(Article, aid).story_id = story_id
-            ids.append(aid)
-        story = session.get(Story, story_id)
-        story.article_count += n
-        story.source_count = max(story.source_count, n)
-        story.last_published_at = at
-        story.updated_at = at
-    return ids
-
-
-def _outbox(engine) -> list[OutboxMessage]:  # type: ignore[no-untyped-def]
-    with session_scope(engine) as session:
-        return list(session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all())
 
 
 # --- 1. the sender lease is not kept alive while a round is sending ---------------------------
@@ -116,18 +75,18 @@ def test_overlapping_queue_ticks_never_queue_an_article_twice(engine, monkeypatc
 
     story = _story(engine)
     svc.follow_story_id(engine, USER, story, now=T)
-    _articles(engine, story, 3, T, tag="a")
+    add_articles(engine, story, 3, T, tag="a")
     later = T + timedelta(minutes=30)
     with session_scope(engine) as session:
         read_by_a = pending_follows(session=session, now=later)  # A read: articles 1..3
-    _articles(engine, story, 2, T + timedelta(minutes=5), tag="b")
+    add_articles(engine, story, 2, T + timedelta(minutes=5), tag="b")
     with session_scope(engine) as session:
         read_by_b = pending_follows(session=session, now=later)  # B read: articles 1..5
     monkeypatch.setattr(queue_mod, "pending_follows", lambda **kw: read_by_a)
     assert queue_story_digests(engine, now=later, policy=POLICY) == 1  # A commits first
     monkeypatch.setattr(queue_mod, "pending_follows", lambda **kw: read_by_b)
     queue_story_digests(engine, now=later, policy=POLICY)  # then B, from what it read
-    texts = [r.text for r in _outbox(engine)]
+    texts = [r.text for r in outbox_rows(engine)]
     sent_a0 = sum("Storm update a0" in t for t in texts)
     assert sent_a0 == 1, f"article a0 queued {sent_a0} times: {[t[:40] for t in texts]}"
 
@@ -138,7 +97,7 @@ def test_overlapping_queue_ticks_never_queue_an_article_twice(engine, monkeypatc
 async def test_a_digest_queued_before_an_unfollow_is_not_sent(engine, api, bot):
     story = _story(engine)
     svc.follow_story_id(engine, USER, story, now=T)
-    _articles(engine, story, 2, T)
+    add_articles(engine, story, 2, T)
     assert queue_story_digests(engine, now=T + timedelta(minutes=20), policy=POLICY) == 1
     assert svc.unfollow(engine, USER, str(story)) is not None  # /unfollow before the send
     await OutboxSender(engine, bot, per_chat_interval=0).drain()
@@ -210,7 +169,7 @@ def _long_stories(engine, first: int, last: int) -> None:  # type: ignore[no-unt
                 published_at=T,
                 now=T,
             ).id
-        _articles(engine, sid, 3, T, tag=f"s{n}", title_len=250)
+        add_articles(engine, sid, 3, T, tag=f"s{n}", title_len=250)
 
 
 def test_moving_the_digest_time_after_it_went_sends_no_fragment_the_same_day(engine):
@@ -218,13 +177,13 @@ def test_moving_the_digest_time_after_it_went_sends_no_fragment_the_same_day(eng
     svc.change_digest(engine, GROUP, enabled=True, time_text="13:00", now=T)  # chat zone: UTC
     _long_stories(engine, 1, 8)  # today's digest is 2 messages
     assert queue_group_digests(engine, now=T + timedelta(hours=1), policy=policy) == 1
-    first = [(r.dedup_key, r.part) for r in _outbox(engine)]
+    first = [(r.dedup_key, r.part) for r in outbox_rows(engine)]
     assert len(first) == 2
     # 14:00: the admin moves the digest to 15:00; by then the news has grown to 3 messages
     svc.change_digest(engine, GROUP, enabled=True, time_text="15:00", now=T + timedelta(hours=2))
     _long_stories(engine, 9, 14)
     queue_group_digests(engine, now=T + timedelta(hours=3), policy=policy)
-    rows = [(r.dedup_key, r.part) for r in _outbox(engine)]
+    rows = [(r.dedup_key, r.part) for r in outbox_rows(engine)]
     assert rows == first, f"queued on the same day as well: {rows[len(first) :]}"
 
 
@@ -238,14 +197,14 @@ def test_a_chat_following_both_merged_stories_still_gets_the_absorbed_storys_new
     absorbed = _story(engine)
     svc.follow_story_id(engine, USER, survivor, now=T)
     svc.follow_story_id(engine, USER, absorbed, now=T)
-    _articles(engine, absorbed, 2, T, tag="absorbed")  # not sent yet: still in the quiet period
-    _articles(engine, survivor, 1, T - timedelta(minutes=30), tag="survivor")
+    add_articles(engine, absorbed, 2, T, tag="absorbed")  # not sent yet: still in the quiet period
+    add_articles(engine, survivor, 1, T - timedelta(minutes=30), tag="survivor")
     # the survivor's digest goes out (its own articles are older)
     assert queue_story_digests(engine, now=T + timedelta(minutes=5), policy=POLICY) == 1
     with session_scope(engine) as session:  # the matcher merges the two stories
         merge_stories(absorbed, survivor, session=session, now=T + timedelta(minutes=6))
     queue_story_digests(engine, now=T + timedelta(hours=2), policy=POLICY)
-    texts = "\n".join(r.text for r in _outbox(engine))
+    texts = "\n".join(r.text for r in outbox_rows(engine))
     assert "Storm update absorbed0" in texts, "the absorbed story's articles were never sent"
 
 
@@ -257,8 +216,8 @@ def test_a_merge_between_reading_and_queueing_loses_nothing(engine, monkeypatch)
     survivor = _story(engine)
     absorbed = _story(engine)
     svc.follow_story_id(engine, USER, absorbed, now=T)
-    _articles(engine, survivor, 1, T - timedelta(hours=1), tag="survivor")
-    _articles(engine, absorbed, 2, T, tag="absorbed")
+    add_articles(engine, survivor, 1, T - timedelta(hours=1), tag="survivor")
+    add_articles(engine, absorbed, 2, T, tag="absorbed")
     later = T + timedelta(minutes=20)
     with session_scope(engine) as session:
         read = pending_follows(session=session, now=later)  # delivery tick reads
@@ -268,7 +227,7 @@ def test_a_merge_between_reading_and_queueing_loses_nothing(engine, monkeypatch)
     queue_story_digests(engine, now=later, policy=POLICY)  # delivery tick queues
     monkeypatch.undo()
     queue_story_digests(engine, now=later + timedelta(hours=1), policy=POLICY)
-    texts = [r.text for r in _outbox(engine)]
+    texts = [r.text for r in outbox_rows(engine)]
     assert not any("Updated (0 new" in t for t in texts), texts
     assert any("Storm update absorbed0" in t for t in texts), texts
 

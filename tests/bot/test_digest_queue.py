@@ -7,17 +7,16 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlmodel import select
 
 from bot import following as svc
 from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
 from bot.digests.schedule import Debounce
-from store.articles import NewArticle, insert_articles
 from store.chats import upsert_chat
 from store.db import session_scope
 from store.follows import get_follow, mute_follow
-from store.models import Article, Chat, OutboxMessage, Story
+from store.models import Chat
 from store.stories import create_story
+from tests.bot.digest_data import add_articles, outbox_rows
 
 POLICY = DigestPolicy(
     debounce=Debounce(quiet=timedelta(minutes=10), max_wait=timedelta(minutes=60)), group_size=3
@@ -29,39 +28,6 @@ T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 def _story(engine, headline: str, at: datetime) -> int:  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
         return create_story(session=session, headline=headline, published_at=at, now=at).id
-
-
-def _articles(engine, story_id: int, n: int, at: datetime, tag: str = "") -> None:  # type: ignore[no-untyped-def]
-    with session_scope(engine) as session:
-        for i in range(n):
-            [aid] = insert_articles(
-                None,
-                [
-                    NewArticle(
-                        f"{story_id}-{tag}{i}-{at.isoformat()}",
-                        None,
-                        f"https://n.example/{story_id}/{tag}{i}",
-                        f"Storm update {tag}{i}: coast battered by winds",
-                        "",
-                        f"Outlet {i}",
-                        "",
-                        at,
-                    )
-                ],
-                session=session,
-                fetched_at=at,
-            )
-            session.get(Article, aid).story_id = story_id
-        story = session.get(Story, story_id)
-        story.article_count += n
-        story.source_count = max(story.source_count, n)
-        story.last_published_at = at
-        story.updated_at = at
-
-
-def _outbox(engine) -> list[OutboxMessage]:  # type: ignore[no-untyped-def]
-    with session_scope(engine) as session:
-        return list(session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all())
 
 
 @pytest.fixture
@@ -76,10 +42,10 @@ def test_a_burst_of_articles_is_one_digest_after_the_quiet_period(engine):
     story = _story(engine, "Storm hits coast", T)
     svc.follow_story_id(engine, USER, story, now=T)
     for minute in range(5):
-        _articles(engine, story, 1, T + timedelta(minutes=minute), tag=f"m{minute}")
+        add_articles(engine, story, 1, T + timedelta(minutes=minute), tag=f"m{minute}")
         assert queue_story_digests(engine, now=T + timedelta(minutes=minute), policy=POLICY) == 0
     assert queue_story_digests(engine, now=T + timedelta(minutes=14), policy=POLICY) == 1
-    [row] = _outbox(engine)
+    [row] = outbox_rows(engine)
     assert "Updated (5 new articles)" in row.text
     assert json.loads(row.reply_markup)["inline_keyboard"][0][0]["callback_data"] == f"unf:{story}"
 
@@ -88,26 +54,26 @@ def test_a_story_that_never_goes_quiet_is_sent_after_max_wait(engine):
     story = _story(engine, "Storm hits coast", T)
     svc.follow_story_id(engine, USER, story, now=T)
     for minute in range(0, 61, 5):
-        _articles(engine, story, 1, T + timedelta(minutes=minute), tag=f"m{minute}")
+        add_articles(engine, story, 1, T + timedelta(minutes=minute), tag=f"m{minute}")
     assert queue_story_digests(engine, now=T + timedelta(minutes=60), policy=POLICY) == 1
 
 
 def test_the_same_articles_are_never_queued_twice(engine):
     story = _story(engine, "Storm hits coast", T)
     svc.follow_story_id(engine, USER, story, now=T)
-    _articles(engine, story, 2, T)
+    add_articles(engine, story, 2, T)
     later = T + timedelta(minutes=20)
     assert queue_story_digests(engine, now=later, policy=POLICY) == 1
     assert queue_story_digests(engine, now=later, policy=POLICY) == 0
-    _articles(engine, story, 1, later, tag="b")
+    add_articles(engine, story, 1, later, tag="b")
     assert queue_story_digests(engine, now=later + timedelta(minutes=20), policy=POLICY) == 1
-    first, second = _outbox(engine)
+    first, second = outbox_rows(engine)
     assert "Updated (2 new articles)" in first.text and "Updated (1 new article)" in second.text
 
 
 def test_articles_before_the_follow_are_not_sent(engine):
     story = _story(engine, "Storm hits coast", T)
-    _articles(engine, story, 3, T)
+    add_articles(engine, story, 3, T)
     svc.follow_story_id(engine, USER, story, now=T)
     assert queue_story_digests(engine, now=T + timedelta(hours=2), policy=POLICY) == 0
 
@@ -119,7 +85,7 @@ def test_muted_follows_wait(engine):
         mute_follow(
             get_follow(USER, story, session=session), T + timedelta(hours=24), session=session
         )
-    _articles(engine, story, 1, T)
+    add_articles(engine, story, 1, T)
     assert queue_story_digests(engine, now=T + timedelta(hours=1), policy=POLICY) == 0
     assert queue_story_digests(engine, now=T + timedelta(hours=25), policy=POLICY) == 1
 
@@ -129,7 +95,7 @@ def test_group_digest_goes_out_at_local_time_across_a_dst_change(engine):
     svc.change_timezone(engine, GROUP, "Europe/Berlin", now=saturday)
     svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=saturday)
     story = _story(engine, "Storm hits coast", saturday)
-    _articles(engine, story, 3, saturday)
+    add_articles(engine, story, 3, saturday)
     sent_at = []
     now = saturday
     for _ in range(2 * 24 * 4):  # two days in 15-minute ticks
@@ -137,11 +103,11 @@ def test_group_digest_goes_out_at_local_time_across_a_dst_change(engine):
         if queue_group_digests(engine, now=now, policy=POLICY):
             sent_at.append(now)
         if now.hour == 12 and now.minute == 0:
-            _articles(engine, story, 1, now, tag=now.isoformat())
+            add_articles(engine, story, 1, now, tag=now.isoformat())
     berlin = [t.astimezone(ZoneInfo("Europe/Berlin")) for t in sent_at]
     assert [(t.day, t.hour, t.minute) for t in berlin] == [(28, 8, 0), (29, 8, 0)]
     assert sent_at[1] - sent_at[0] == timedelta(hours=23)
-    rows = _outbox(engine)
+    rows = outbox_rows(engine)
     assert len(rows) == 2 and all(r.kind == "group_digest" for r in rows)
     assert "Top stories — Sat 28 Mar 2026" in rows[0].text
 
@@ -149,7 +115,7 @@ def test_group_digest_goes_out_at_local_time_across_a_dst_change(engine):
 def test_a_group_digest_tick_run_twice_queues_once(engine):
     svc.change_digest(engine, GROUP, enabled=True, time_text="13:00", now=T)
     story = _story(engine, "Storm hits coast", T)
-    _articles(engine, story, 2, T)
+    add_articles(engine, story, 2, T)
     at = T + timedelta(hours=1, minutes=1)
     assert queue_group_digests(engine, now=at, policy=POLICY) == 1
     assert queue_group_digests(engine, now=at, policy=POLICY) == 0
