@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from urllib.parse import urlsplit
 
 import feedparser
 
@@ -142,6 +143,13 @@ def _is_web_url(value: object) -> bool:
     )
 
 
+def _anchor(link: str) -> str:
+    try:
+        return urlsplit(link.strip()).fragment[:200]
+    except ValueError:
+        return ""
+
+
 def _looks_like_html(body: bytes, content_type: str | None) -> bool:
     if content_type and "html" in content_type.lower() and "xml" not in content_type.lower():
         return True
@@ -179,7 +187,7 @@ def parse_feed(
     entries: list[ParsedEntry] = []
     seen: set[str] = set()
     skipped = 0
-    items = []
+    found = []
     for entry in parsed.entries:
         summary = clean_text(
             entry.get("summary") or entry.get("description") or "", limit=SUMMARY_LIMIT
@@ -190,9 +198,27 @@ def parse_feed(
         if not title:
             skipped += 1
             continue
-        link = entry.get("link") or ""
-        link = canonical_url(link) if _is_web_url(link) else ""
-        items.append((entry, title, summary, link, _entry_key(entry, title, summary)))
+        raw_link = entry.get("link") or ""
+        link = canonical_url(raw_link) if _is_web_url(raw_link) else ""
+        anchor = _anchor(raw_link) if link else ""
+        found.append((entry, title, summary, link, anchor, _entry_key(entry, title, summary)))
+    # The canonical URL drops fragments, mostly tracking ("#xtor=RSS-3"). But a live blog links
+    # each post as page#post-N, and those posts would collide on the one URL and all but the
+    # first be lost: items of one feed whose links differ only by fragment keep it.
+    anchors: dict[str, set[str]] = {}
+    for _, _, _, link, anchor, _ in found:
+        if link:
+            anchors.setdefault(link, set()).add(anchor)
+    items = [
+        (
+            entry,
+            title,
+            summary,
+            f"{link}#{anchor}" if anchor and len(anchors[link]) > 1 else link,
+            key,
+        )
+        for entry, title, summary, link, anchor, key in found
+    ]
     # Some feeds give every item the same <guid> (often the site's address). The guid then cannot
     # tell items apart, and keying on it alone would keep only the first: such items are keyed by
     # guid and link (or title) instead. Items that agree on all of it are one item repeated.

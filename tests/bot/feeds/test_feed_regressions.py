@@ -270,3 +270,27 @@ def test_a_host_that_idna_cannot_decode_is_refused_when_the_feed_is_added():
     with pytest.raises(ValueError, match="bad host name"):
         validate_feed_url("http://xn--/feed")
     assert validate_feed_url("https://bücher.example/feed") == "https://bücher.example/feed"
+
+
+# 10 ------------------------------------------------------------------------------------------
+async def test_live_blog_posts_that_differ_only_by_fragment_are_all_stored(db_engine, feed_server):
+    """A live blog links each post as page#post-N. The canonical URL drops fragments (they are
+    mostly tracking), so the posts collided on the unique URL and all but the first were lost."""
+    page = "http://news.example/live"
+    items = [
+        Item("Storm live: coast braces", f"{page}#post-1", "p1", T0),
+        Item("Storm live: power cut in the east", f"{page}#post-2", "p2", T0),
+        Item("Storm live: power cut in the east", f"{page}#post-2", "p2-again", T0),
+    ]
+    feed_server.expect_request("/feed").respond_with_data(
+        rss(items), content_type="application/rss+xml"
+    )
+    _add(db_engine, feed_server.url_for("/feed"))
+    await _poll(db_engine)
+    assert _titles(db_engine) == ["Storm live: coast braces", "Storm live: power cut in the east"]
+
+
+def test_a_tracking_fragment_alone_still_folds_into_the_plain_url():
+    body = rss([Item("Storm hits coast", "http://news.example/a#xtor=RSS-3", "a", T0)])
+    parsed = parse_feed(body, url="http://news.example/feed", content_type=None, fetched_at=T0)
+    assert [e.url for e in parsed.entries] == ["http://news.example/a"]
