@@ -30,12 +30,13 @@ from store.follows import (
     remove_topic,
     unfollow_story,
 )
-from store.models import Article, Chat, Story
+from store.models import MAX_ROW_ID, Article, Chat, Story
 from store.outbox import cancel_story_digests, unpark_chat
 from store.stories import merged_story_ids, resolve_story, top_stories
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
+MAX_STORY_ID_DIGITS = 12  # a longer number is no story id, and /follow takes it as topic words
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _STOP = frozenset(
     [
@@ -247,9 +248,12 @@ def follow_topic(
 def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
     """Unfollow a story id or a topic; returns what was unfollowed, or None."""
     with session_scope(engine) as session:
-        if target.isdigit():
+        # a longer number is no story id (nor fits the column): it can only be a topic's words
+        if target.isdecimal() and len(target) <= MAX_STORY_ID_DIGITS:
             story = resolve_story(int(target), session=session)
             story_id = story.id if story is not None else int(target)
+            if not 0 < story_id <= MAX_ROW_ID:  # type: ignore[operator]
+                return None
             if unfollow_story(chat_id, story_id, session=session):  # type: ignore[arg-type]
                 # and the digests of it still queued (of stories merged into it, too)
                 ids = [story_id, *merged_story_ids(story_id, session=session)]  # type: ignore[list-item]

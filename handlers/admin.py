@@ -87,7 +87,7 @@ async def feeds(update: Update, context: StorywireContext) -> None:
         f = row.feed
         status = f.status if not f.last_error else f"{f.status}, error: {f.last_error[:80]}"
         lines.append(
-            f"{f.id}. {esc(f.display_name)[:80]} · {row.article_count} articles · {esc(status)}"
+            f"{f.id}. {esc(f.display_name[:80])} · {row.article_count} articles · {esc(status)}"
         )
     if len(rows) > 50:
         lines.append(f"…and {len(rows) - 50} more (storywire feeds list shows all)")

@@ -62,7 +62,8 @@ async def my_chat_member(update: Update, context: StorywireContext) -> None:
         await run_db(_set_status, s.engine, chat.id, status, s.now())
         return
     await _record(context, chat)
-    if change.old_chat_member.status in GONE and chat.type != "private":
+    # Groups only: a channel's posts are not commands, and a hello there reaches every subscriber.
+    if change.old_chat_member.status in GONE and chat.type in (Chat.GROUP, Chat.SUPERGROUP):
         await context.bot.send_message(
             chat.id,
             "Hello! I follow news stories. Admins can turn on a daily digest with /digest 08:00 "

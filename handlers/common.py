@@ -13,6 +13,8 @@ from telegram.constants import ChatMemberStatus
 from telegram.error import TelegramError
 
 from bot.app import Services, StorywireContext
+from bot.digests.render import MAX_MESSAGE, telegram_length
+from bot.following import MAX_STORY_ID_DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,40 @@ async def required_argument(update: Update, context: StorywireContext, *, usage:
 
 def parse_story_id(text: str) -> int | None:
     text = text.strip().lstrip("#")
-    if text.isdigit() and len(text) <= 12:
+    # isdecimal, not isdigit: isdigit() takes '²', which int() refuses
+    if text.isdecimal() and len(text) <= MAX_STORY_ID_DIGITS:
         return int(text)
     return None
 
 
+def message_parts(text: str) -> list[str]:
+    """The text cut between lines into messages within Telegram's length limit.
+
+    Every line a handler writes is whole HTML (tags closed on the line), and no line comes near
+    the limit: headlines, titles and topics are stored at most a few hundred characters long.
+    """
+    parts: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        candidate = f"{current}\n{line}" if current else line
+        if current and telegram_length(candidate) > MAX_MESSAGE:
+            parts.append(current)
+            current = line
+        else:
+            current = candidate
+    parts.append(current)
+    return parts
+
+
 async def reply(update: Update, text: str, **kwargs: Any) -> None:
-    if update.effective_message is not None:
-        await update.effective_message.reply_text(text, **kwargs)
+    """Answer in the chat; a long answer goes in several messages, the keyboard on the last."""
+    message = update.effective_message
+    if message is None:
+        return
+    *head, last = message_parts(text)
+    for part in head:
+        await message.reply_text(part)
+    await message.reply_text(last, **kwargs)
 
 
 async def may_change_chat_settings(update: Update, context: StorywireContext) -> bool:

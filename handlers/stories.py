@@ -38,7 +38,7 @@ async def top(update: Update, context: StorywireContext) -> None:
     text = argument_text(context)
     limit = TOP_DEFAULT
     if text:
-        if not text.isdigit() or not 1 <= int(text) <= TOP_MAX:
+        if not text.isdecimal() or not 1 <= int(text) <= TOP_MAX:
             await reply(update, f"Use /top or /top N with N from 1 to {TOP_MAX}.")
             return
         limit = int(text)

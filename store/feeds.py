@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
-from store.models import Article, Feed, FeedStatus
+from store.models import MAX_ROW_ID, Article, Feed, FeedStatus
 
 
 class FeedExists(Exception):
@@ -43,8 +43,10 @@ def get_feed(feed_id: int, *, session: Session) -> Feed | None:
 
 
 def find_feed(id_or_url: str, *, session: Session) -> Feed | None:
-    if id_or_url.isdigit():
-        return session.get(Feed, int(id_or_url))
+    """A feed by id or by its exact URL. isdecimal, not isdigit: int() refuses '²'."""
+    if id_or_url.isdecimal():
+        feed_id = int(id_or_url)
+        return session.get(Feed, feed_id) if 0 < feed_id <= MAX_ROW_ID else None
     return session.exec(select(Feed).where(Feed.url == id_or_url)).first()
 
 

@@ -12,6 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+# Ids are INTEGER columns: a larger number a user types is no row, and PostgreSQL refuses to even
+# compare it with one ("integer out of range").
+MAX_ROW_ID = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from store.models import Article, Follow, Story
+from store.models import MAX_ROW_ID, Article, Follow, Story
 
 MAX_MERGE_HOPS = 32
 
@@ -55,7 +55,10 @@ def get_story(story_id: int, *, session: Session) -> Story | None:
 
 
 def resolve_story(story_id: int, *, session: Session) -> Story | None:
-    """The story behind an id, following merges to the story that absorbed it."""
+    """The story behind an id, following merges to the story that absorbed it. An id outside the
+    id column's range is no story (PostgreSQL would refuse to even look it up)."""
+    if not 0 < story_id <= MAX_ROW_ID:
+        return None
     story = session.get(Story, story_id)
     hops = 0
     while story is not None and story.merged_into_id is not None and hops < MAX_MERGE_HOPS:
