@@ -101,6 +101,7 @@ class StoryUpdate:
     headline: str
     total_articles: int
     new_articles: tuple[DigestArticle, ...]
+    new_count: int = 0  # articles new since the last digest, when more than new_articles carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +380,9 @@ def compose_story_digest(
         )
         for i in listed
     )
+    new_count = max(update.new_count, len(articles))
     return StoryDigest(
-        update.story_id, headline, len(articles), sentences, sources, update.total_articles
+        update.story_id, headline, new_count, sentences, sources, update.total_articles
     )
 
 

@@ -26,7 +26,13 @@ from bot.digests.compose import (
     compose_story_digest,
 )
 from bot.digests.render import render_group_digest, render_story_digest, story_buttons
-from bot.digests.schedule import Debounce, local_date, next_digest_at, parse_hhmm, parse_timezone
+from bot.digests.schedule import (
+    Debounce,
+    digest_day,
+    next_digest_at,
+    parse_hhmm,
+    parse_timezone,
+)
 from store.articles import latest_story_articles, story_articles
 from store.chats import chats_due_for_group_digest
 from store.db import session_scope
@@ -64,18 +70,23 @@ def digest_article(article: Article) -> DigestArticle:
     )
 
 
-def story_update(story: Story, articles: Sequence[Article]) -> StoryUpdate:
+def story_update(story: Story, articles: Sequence[Article], *, new_count: int = 0) -> StoryUpdate:
     return StoryUpdate(
         story_id=story.id,  # type: ignore[arg-type]
         headline=story.headline,
         total_articles=story.article_count,
         new_articles=tuple(digest_article(a) for a in articles),
+        new_count=new_count,
     )
 
 
-def story_digest_parts(story: Story, articles: Sequence[Article]) -> list[OutgoingPart]:
-    """Rendered message parts for one story update; the buttons ride on the last part."""
-    chunks = render_story_digest(compose_story_digest(story_update(story, articles)))
+def story_digest_parts(
+    story: Story, articles: Sequence[Article], *, new_count: int = 0
+) -> list[OutgoingPart]:
+    """Rendered message parts for one story update; the buttons ride on the last part.
+    `new_count` counts the new articles when more arrived than `articles` carries."""
+    update = story_update(story, articles, new_count=new_count)
+    chunks = render_story_digest(compose_story_digest(update))
     markup = keyboard_json(story_buttons(story.id, following=True))  # type: ignore[arg-type]
     return [
         OutgoingPart(text, reply_markup=markup if i == len(chunks) - 1 else None)
@@ -120,7 +131,7 @@ def _queue_one_update(
     articles = in_range[-MAX_ARTICLES_PER_DIGEST:]
     if not articles:
         return 0  # merged away since the read: the follow is pending on the survivor now
-    parts = story_digest_parts(story, articles)
+    parts = story_digest_parts(story, articles, new_count=len(in_range))
     queued = 0
     for follow in follows:
         if not advance_follow(
@@ -141,16 +152,22 @@ def _queue_one_update(
     return queued
 
 
+def _days_articles(story: Story, *, since: datetime, session: Session) -> list[Article]:
+    """The story's latest articles published since `since`, oldest first: a long-running story's
+    older articles would otherwise outvote the day's news in its one sentence."""
+    latest = latest_story_articles(story.id, session=session, limit=10)  # type: ignore[arg-type]
+    recent = [a for a in latest if a.published_at >= since]
+    return list(reversed(recent or latest[:1]))
+
+
 def group_digest_parts(
     session: Session, *, now: datetime, size: int, title: str
 ) -> list[OutgoingPart]:
-    stories = top_stories(session=session, since=now - timedelta(hours=24), limit=size)
+    since = now - timedelta(hours=24)
+    stories = top_stories(session=session, since=since, limit=size)
     if not stories:
         return []
-    updates = [
-        story_update(s, list(reversed(latest_story_articles(s.id, session=session, limit=10))))  # type: ignore[arg-type]
-        for s in stories
-    ]
+    updates = [story_update(s, _days_articles(s, since=since, session=session)) for s in stories]
     chunks = render_group_digest(compose_group_digest(updates), title=title)
     markup = keyboard_json([[(f"Follow #{s.id}", f"fol:{s.id}")] for s in stories])
     return [
@@ -187,7 +204,9 @@ def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: Diges
             chat.digest_time,
         )
         zone, at = parse_timezone("UTC"), parse_hhmm("08:00")
-    day = local_date(chat.next_digest_at, zone)
+    # The day whose digest time was the latest to pass: after downtime that is today, not the
+    # day the digest was first due (one digest catches up, under the date it covers).
+    day = digest_day(at, zone, until=now)
     title = f"Top stories — {day.strftime('%a %d %b %Y')}"
     parts = group_digest_parts(session, now=now, size=policy.group_size, title=title)
     queued = 0

@@ -76,5 +76,12 @@ def next_digest_at(at: time, zone: ZoneInfo, *, after: datetime) -> datetime:
     raise AssertionError("unreachable: a local time occurs at least once in three days")
 
 
-def local_date(instant: datetime, zone: ZoneInfo) -> date:
-    return instant.astimezone(zone).date()
+def digest_day(at: time, zone: ZoneInfo, *, until: datetime) -> date:
+    """The local day whose digest time `at` was the latest to pass by `until`. Not always the
+    date the clock showed then: a time skipped at midnight runs early the next day."""
+    local_day = until.astimezone(zone).date()
+    for offset in range(0, 3):
+        day = local_day - timedelta(days=offset)
+        if local_occurrence(day, at, zone) <= until:
+            return day
+    raise AssertionError("unreachable: a local time occurs at least once in three days")
