@@ -206,19 +206,38 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
         bar.close()
     if summary.skipped_lease:
         raise CommandError("another Storywire process is polling right now; try again later")
-    assigned = await asyncio.to_thread(assign_pending_stories, settings, engine)
-    print(summary.line() + f", {assigned} articles matched to stories")
+    assigned = await assign_pending_stories(settings, engine)
+    if assigned is None:
+        print(summary.line() + ", articles left to the running instance to match")
+    else:
+        print(summary.line() + f", {assigned} articles matched to stories")
     for outcome in summary.disabled:
         print(f"disabled feed {outcome.feed_id} ({outcome.url}): {outcome.error}", file=sys.stderr)
     return 0
 
 
-def assign_pending_stories(settings: Settings, engine: Engine) -> int:
-    """Match every stored article that has no story yet; returns how many were matched."""
-    from bot.stories.service import StoryService
+async def assign_pending_stories(settings: Settings, engine: Engine) -> int | None:
+    """Match every stored article that has no story yet; returns how many were matched.
 
-    service = StoryService.open(engine, window_hours=settings.story_window_hours)
-    return len(service.assign_pending())
+    None when another process (a running bot) holds the matcher lease: it matches them from its
+    own memory, which a second matcher working beside it would leave out of date."""
+    from bot.app import MATCHER_LEASE, MATCHER_LEASE_TTL
+    from bot.leases import renewing
+    from bot.stories.service import StoryService
+    from store.leases import acquire_lease, process_holder, release_lease
+
+    holder = process_holder()
+    lease = (engine, MATCHER_LEASE, holder)
+    if not await asyncio.to_thread(acquire_lease, *lease, ttl=MATCHER_LEASE_TTL, now=_now()):
+        return None
+    try:
+        async with renewing(*lease, ttl=MATCHER_LEASE_TTL, clock=_now):
+            service = await asyncio.to_thread(
+                StoryService.open, engine, window_hours=settings.story_window_hours
+            )
+            return len(await asyncio.to_thread(service.assign_pending))
+    finally:
+        await asyncio.to_thread(release_lease, *lease)
 
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:

@@ -62,6 +62,9 @@ def insert_articles(
         for a in articles
     ]
     table = Article.__table__
+    if feed_id is None:
+        # The unique constraint cannot catch these: NULL feed ids are all distinct to it.
+        rows = _without_known_feedless(rows, session=session)
     inserted: dict[str, int] = {}
     # One row per statement keeps RETURNING unambiguous when a batch holds internal duplicates.
     stmt = _insert_ignoring_duplicates(dialect).returning(table.c.id, table.c.entry_key)
@@ -70,6 +73,24 @@ def insert_articles(
         if got is not None:
             inserted[got.entry_key] = got.id
     return [inserted[r["entry_key"]] for r in rows if r["entry_key"] in inserted]
+
+
+def _without_known_feedless(rows: list[dict], *, session: Session) -> list[dict]:
+    """The rows whose entry key no stored feedless article has, each key once."""
+    keys = {r["entry_key"] for r in rows}
+    known = set(
+        session.exec(
+            select(Article.entry_key)
+            .where(col(Article.feed_id).is_(None))
+            .where(col(Article.entry_key).in_(keys))
+        )
+    )
+    fresh = []
+    for row in rows:
+        if row["entry_key"] not in known:
+            known.add(row["entry_key"])
+            fresh.append(row)
+    return fresh
 
 
 def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Article]:

@@ -47,7 +47,6 @@ import heapq
 import itertools
 import math
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,6 +63,14 @@ __all__ = [
     "StoryMatcher",
     "StorySnapshot",
 ]
+
+
+def _earlier(when: datetime, delta: timedelta) -> datetime:
+    """`when - delta`, or the first moment there is for a time near year 1 (no overflow)."""
+    try:
+        return when - delta
+    except OverflowError:
+        return datetime.min.replace(tzinfo=when.tzinfo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +166,11 @@ class StoryMatcher:
         self.config = config or MatcherConfig()
         self._stories: dict[int, _Story] = {}
         self._postings: dict[str, set[int]] = {}
-        # (time, story id) in arrival order; a story is re-queued when its time moves on by more
-        # than an eighth of the window, so expiry is at most that late and the queue stays small.
-        self._expiry: deque[tuple[datetime, int]] = deque()
+        # min-heap of (time, story id); a story is re-queued when its time moves on by more than an
+        # eighth of the window, so the heap stays small. A heap, not a queue in arrival order: a
+        # story re-queued behind newer entries would outlive the window, and a matcher rebuilt
+        # from the database (which holds exactly the window) would then decide differently.
+        self._expiry: list[tuple[datetime, int]] = []
         # min-heap of (publish time, story id) of stories started by one article, for their second
         # look; a heap, not a queue, because feeds deliver out of publish order
         self._revisits: list[tuple[datetime, int]] = []
@@ -200,7 +209,7 @@ class StoryMatcher:
         if story is None:
             story = _Story(story_id, when, when, when)
             self._stories[story_id] = story
-            self._expiry.append((when, story_id))
+            heapq.heappush(self._expiry, (when, story_id))
             heapq.heappush(self._revisits, (when, story_id))
         story.articles += 1
         story.first = min(story.first, when)
@@ -208,7 +217,7 @@ class StoryMatcher:
             story.last = when
             if when - story.queued_last > self.config.window / 8:
                 story.queued_last = when
-                self._expiry.append((when, story_id))
+                heapq.heappush(self._expiry, (when, story_id))
         source = article.source.casefold().strip()
         if source and source not in story.sources:
             story.sources.append(source)
@@ -252,16 +261,16 @@ class StoryMatcher:
 
     def expire(self, now: datetime) -> int:
         """Forget stories whose last article is older than the window; returns how many."""
-        cutoff = now - self.config.window
+        cutoff = _earlier(now, self.config.window)
         dropped = 0
         while self._expiry and self._expiry[0][0] < cutoff:
-            queued, story_id = self._expiry.popleft()
+            queued, story_id = heapq.heappop(self._expiry)
             story = self._stories.get(story_id)
             if story is None or story.queued_last != queued:
-                continue  # a newer entry for this story is further back in the queue
+                continue  # a newer entry for this story is further on in the heap
             if story.last >= cutoff:
                 story.queued_last = story.last
-                self._expiry.append((story.last, story_id))
+                heapq.heappush(self._expiry, (story.last, story_id))
                 continue
             self._forget(story)
             dropped += 1
@@ -306,7 +315,7 @@ class StoryMatcher:
         so that one article stamped in the future does not spend every pending look early.
         """
         merges: list[Merge] = []
-        due = now - self.config.revisit_after
+        due = _earlier(now, self.config.revisit_after)
         while self._revisits and self._revisits[0][0] <= due:
             _, story_id = heapq.heappop(self._revisits)
             story = self._stories.get(story_id)
@@ -328,7 +337,7 @@ class StoryMatcher:
         keeps those it never got to (a restart right after a late-delivered article).
         """
         dropped = 0
-        due = now - self.config.revisit_after
+        due = _earlier(now, self.config.revisit_after)
         while self._revisits and self._revisits[0][0] <= due:
             heapq.heappop(self._revisits)
             dropped += 1
@@ -385,7 +394,7 @@ class StoryMatcher:
         if absorbed.last > survivor.last:
             survivor.last = absorbed.last
             survivor.queued_last = absorbed.last
-            self._expiry.append((absorbed.last, survivor.id))
+            heapq.heappush(self._expiry, (absorbed.last, survivor.id))
         for source in absorbed.sources:
             if source not in survivor.sources:
                 survivor.sources.append(source)

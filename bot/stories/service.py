@@ -118,7 +118,11 @@ class StoryService:
             if latest is not None:
                 if latest.tzinfo is None:
                     latest = latest.replace(tzinfo=UTC)
-                for article in articles_since(session=session, since=latest - config.window):
+                try:
+                    since = latest - config.window
+                except OverflowError:  # every assigned article is dated near year 1
+                    since = datetime.min.replace(tzinfo=UTC)
+                for article in articles_since(session=session, since=since):
                     matcher.add(article.story_id, article_text(article))  # type: ignore[arg-type]
                     # the second looks given live after this article are not given again
                     matcher.skip_revisits(look_clock(article))
