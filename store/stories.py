@@ -154,15 +154,32 @@ def _merged_watermark(
 
 
 def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequence[Story]:
-    """Stories active since `since`, ranked by distinct sources, then articles, then recency."""
+    """Stories with articles published since `since`, ranked by that coverage: distinct sources,
+    then articles, then recency. Counted over the period, not the story's life: a month-old story
+    with one article today does not outrank today's news."""
+    published = col(Article.published_at)
+    coverage = (
+        sa.select(
+            col(Article.story_id).label("story_id"),
+            sa.func.count(
+                sa.distinct(sa.func.nullif(sa.func.lower(col(Article.source)), ""))
+            ).label("sources"),
+            sa.func.count().label("articles"),
+            sa.func.max(published).label("latest"),
+        )
+        .where(published >= since)
+        .where(col(Article.story_id).is_not(None))
+        .group_by(col(Article.story_id))
+        .subquery()
+    )
     return session.exec(
         select(Story)
-        .where(col(Story.last_published_at) >= since)
+        .join(coverage, coverage.c.story_id == col(Story.id))
         .where(col(Story.merged_into_id).is_(None))
         .order_by(
-            col(Story.source_count).desc(),
-            col(Story.article_count).desc(),
-            col(Story.last_published_at).desc(),
+            coverage.c.sources.desc(),
+            coverage.c.articles.desc(),
+            coverage.c.latest.desc(),
             col(Story.id).desc(),
         )
         .limit(limit)

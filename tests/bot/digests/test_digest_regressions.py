@@ -129,10 +129,6 @@ def test_a_digest_time_skipped_across_midnight_still_gives_each_day_its_digest(e
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.stories.top_stories ranks by lifetime source_count, not the day's articles",
-)
 def test_the_days_top_stories_rank_by_the_days_coverage(engine):
     long_running = _story(engine, "Month-long war story", T - timedelta(days=30))
     add_articles(engine, long_running, 9, T - timedelta(days=20), tag="old")
