@@ -111,7 +111,7 @@ async def test_top_with_long_headlines_fits(api, settings):
     async with running_bot(settings) as app:
         engine = services_of(app).engine
         for n in range(10):
-            make_story(engine, f"Story {n} " + "w" * 480)
+            make_story(engine, f"Story {n} " + "w" * 480, titles=(f"Story {n}",))
         replies = await say(api, USER, "/top 10")
     assert_fits(replies)
     assert "Story 9" in "\n".join(replies)
