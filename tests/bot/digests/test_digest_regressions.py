@@ -141,3 +141,42 @@ def test_the_days_top_stories_rank_by_the_days_coverage(engine):
     [row] = outbox_rows(engine)
     assert "Month-long war story" not in row.text
     assert all(f"Today's story {i}" in row.text for i in range(3))
+
+
+def _group_digests(engine: Engine) -> list[str]:
+    return [r.text.splitlines()[0] for r in outbox_rows(engine) if r.kind == "group_digest"]
+
+
+def test_moving_the_time_earlier_than_now_still_gives_today_its_digest(engine):
+    """08:00 UTC set the day before; at 07:00 an admin moves it to 06:00. Today's digest was still
+    owed, so it is due now, not tomorrow at 06:00."""
+    add_articles(engine, _story(engine, "Storm hits coast", T), 3, T)
+    day_before = T - timedelta(days=1)
+    svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=day_before)
+    moved_at = T.replace(hour=7)
+    setting = svc.change_digest(engine, GROUP, enabled=True, time_text="06:00", now=moved_at)
+    assert setting.next_at == moved_at
+    assert queue_group_digests(engine, now=moved_at, policy=POLICY) == 1
+    # and only one for today: the next is tomorrow at 06:00
+    assert queue_group_digests(engine, now=moved_at + timedelta(hours=20), policy=POLICY) == 0
+    assert _group_digests(engine) == ["<b>Top stories — Tue 10 Mar 2026</b>"]
+
+
+def test_moving_the_time_after_todays_digest_went_out_sends_no_second_one(engine):
+    add_articles(engine, _story(engine, "Storm hits coast", T), 3, T)
+    svc.change_digest(engine, GROUP, enabled=True, time_text="06:00", now=T - timedelta(days=1))
+    assert queue_group_digests(engine, now=T, policy=POLICY) == 1  # today's, at 06:00
+    later = T.replace(hour=9)
+    setting = svc.change_digest(engine, GROUP, enabled=True, time_text="07:00", now=later)
+    assert setting.next_at == T.replace(hour=7) + timedelta(days=1)
+
+
+def test_a_time_zone_where_the_time_has_passed_still_gives_today_its_digest(engine):
+    """Berlin 08:00 (07:00 UTC); at 07:55 Berlin the group moves to Helsinki, where it is 08:55."""
+    add_articles(engine, _story(engine, "Storm hits coast", T), 3, T)
+    svc.change_timezone(engine, GROUP, "Europe/Berlin", now=T - timedelta(days=1))
+    svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=T - timedelta(days=1))
+    moved_at = T.replace(hour=6, minute=55)
+    setting = svc.change_timezone(engine, GROUP, "Europe/Helsinki", now=moved_at)
+    assert setting.next_at == moved_at
+    assert queue_group_digests(engine, now=moved_at, policy=POLICY) == 1
