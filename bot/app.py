@@ -41,7 +41,7 @@ from bot.following import follow_matching_topics
 from bot.leases import renewing
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
-from store.leases import acquire_lease, process_holder
+from store.leases import LeaseTake, process_holder, take_lease
 from store.migrate import upgrade
 from store.models import Chat, Feed
 from store.outbox import OutgoingPart, enqueue
@@ -203,24 +203,27 @@ async def assign_and_notify(services: Services) -> int:
     One instance matches at a time: each keeps its stories in memory, and two matching the same
     articles would start the same story twice. The matcher lease says which; an instance that
     takes it over from another first rebuilds its memory from the database, where the other's
-    work went.
+    work went. So does one whose lease ran out and was held by another process in between
+    (`storywire poll --once`, say), even if that one has let it go again.
     """
     assert services.stories is not None
     engine, holder = services.engine, services.holder
-    got = await asyncio.to_thread(
-        acquire_lease, engine, MATCHER_LEASE, holder, ttl=MATCHER_LEASE_TTL, now=services.now()
+    take = await asyncio.to_thread(
+        take_lease, engine, MATCHER_LEASE, holder, ttl=MATCHER_LEASE_TTL, now=services.now()
     )
-    if not got:
+    if take is LeaseTake.REFUSED:
         services.matcher_lease_held = False
         log.info("another instance holds the matcher lease; not matching articles")
         return 0
+    if take is LeaseTake.TAKEN:
+        services.matcher_lease_held = False
     keep = renewing(engine, MATCHER_LEASE, holder, ttl=MATCHER_LEASE_TTL, clock=services.clock)
     async with keep as kept:
         if not services.matcher_lease_held:
             await asyncio.to_thread(services.stories.rebuild)
             services.matcher_lease_held = True
         assignments = await asyncio.to_thread(services.stories.assign_pending)
-    if kept.lost:
+    if kept.lost or kept.lapsed:
         services.matcher_lease_held = False
     story_ids = sorted({s for a in assignments for s in a.touched})
     created = await asyncio.to_thread(

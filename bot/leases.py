@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from store.leases import acquire_lease
+from store.leases import LeaseTake, take_lease
 
 __all__ = ["KeptLease", "renewing"]
 
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 class KeptLease:
     name: str
     lost: bool = False  # a renewal found the lease held by someone else
+    # a renewal came after the lease ran out: no one took it, but someone may have held it between
+    lapsed: bool = False
 
 
 @asynccontextmanager
@@ -47,13 +49,15 @@ async def renewing(
         while True:
             await asyncio.sleep(ttl.total_seconds() / 3)
             try:
-                ok = await asyncio.to_thread(
-                    acquire_lease, engine, name, holder, ttl=ttl, now=clock()
+                take = await asyncio.to_thread(
+                    take_lease, engine, name, holder, ttl=ttl, now=clock()
                 )
             except Exception:  # noqa: BLE001 - a database hiccup: try again next time
                 log.warning("could not renew the %s lease; retrying", name, exc_info=True)
                 continue
-            if not ok and not kept.lost:
+            if take is LeaseTake.TAKEN:
+                kept.lapsed = True
+            if take is LeaseTake.REFUSED and not kept.lost:
                 kept.lost = True
                 log.error("lost the %s lease to another instance while still working", name)
 

@@ -6,11 +6,12 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from bot.app import MATCHER_LEASE_TTL, Services, assign_and_notify
+from bot.app import MATCHER_LEASE, MATCHER_LEASE_TTL, Services, assign_and_notify
 from bot.config import Settings
 from bot.stories.service import StoryService
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
+from store.leases import release_lease
 from store.models import Article
 from tests.conftest import T0
 
@@ -68,3 +69,21 @@ async def test_an_instance_taking_over_rebuilds_what_the_other_matched(db_engine
     assert await assign_and_notify(b) == 1
     first, second = _stories(db_engine)
     assert first is not None and second == first  # joined A's story: B rebuilt before matching
+
+
+async def test_an_instance_whose_lease_lapsed_rebuilds_even_if_no_one_holds_it_now(db_engine):
+    """A's tick came late: its lease ran out, B (say `poll --once`) matched and let go. A takes
+    the lease again without a fight, but its matcher missed B's story: it must rebuild."""
+    clock = Clock()
+    a, b = _instance(db_engine, clock, "A"), _instance(db_engine, clock, "B")
+    _add(db_engine, "Eurozone ministers meet in Brussels", T0)
+    assert await assign_and_notify(a) == 1
+    clock.now += MATCHER_LEASE_TTL + timedelta(seconds=1)
+    _add(db_engine, "Sbarro files for bankruptcy again", clock.now)
+    assert await assign_and_notify(b) == 1
+    release_lease(db_engine, MATCHER_LEASE, "B")
+    clock.now += timedelta(minutes=1)
+    _add(db_engine, "Pizza chain Sbarro files for bankruptcy", clock.now)
+    assert await assign_and_notify(a) == 1
+    _, sbarro, pizza = _stories(db_engine)
+    assert sbarro is not None and pizza == sbarro  # joined B's story: A rebuilt first

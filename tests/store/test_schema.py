@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.feeds import FeedExists, add_feed, due_feeds
-from store.leases import acquire_lease, lease_holder, release_lease
+from store.leases import LeaseTake, acquire_lease, lease_holder, release_lease, take_lease
 from store.migrate import current_revision, upgrade
 from store.models import Article, Feed
 from tests.conftest import T0
@@ -120,3 +120,17 @@ def test_released_lease_is_free(db_engine):
     assert acquire_lease(db_engine, "sender", "a", ttl=ttl, now=T0)
     release_lease(db_engine, "sender", "a")
     assert acquire_lease(db_engine, "sender", "b", ttl=ttl, now=T0)
+
+
+def test_a_take_says_whether_anyone_else_held_the_lease_in_between(db_engine):
+    ttl, late = timedelta(minutes=5), timedelta(minutes=30)
+    assert take_lease(db_engine, "matcher", "a", ttl=ttl, now=T0) is LeaseTake.TAKEN  # new
+    assert take_lease(db_engine, "matcher", "a", ttl=ttl, now=T0 + late) is LeaseTake.KEPT
+    release_lease(db_engine, "matcher", "a")
+    assert take_lease(db_engine, "matcher", "a", ttl=ttl, now=T0 + late) is LeaseTake.KEPT
+    release_lease(db_engine, "matcher", "a")
+    assert take_lease(db_engine, "matcher", "b", ttl=ttl, now=T0 + late) is LeaseTake.TAKEN
+    release_lease(db_engine, "matcher", "b")
+    # b held it and let go: a gets it back, but not as it left it
+    assert take_lease(db_engine, "matcher", "a", ttl=ttl, now=T0 + late) is LeaseTake.TAKEN
+    assert take_lease(db_engine, "matcher", "b", ttl=ttl, now=T0 + late) is LeaseTake.REFUSED
