@@ -32,10 +32,24 @@ def parse_hhmm(text: str) -> time:
     return time(hour, minute)
 
 
+def _not_a_place(folded: str) -> bool:
+    """Files in the system's zone directory that are not zones a group means: "localtime" is
+    whatever the server is set to, "right/..." counts leap seconds, "Factory" shows "-00"."""
+    return folded in {"localtime", "posixrules", "factory"} or folded.startswith(
+        ("right/", "posix/")
+    )
+
+
 def parse_timezone(text: str) -> ZoneInfo:
     """An IANA zone such as Europe/Berlin; ValueError otherwise (never a path or a bare offset)."""
     name = text.strip()
-    if not name or len(name) > 64 or ".." in name or name.startswith("/"):
+    if (
+        not name
+        or len(name) > 64
+        or ".." in name
+        or name.startswith("/")
+        or _not_a_place(name.casefold())
+    ):
         raise ValueError("use an IANA time zone such as Europe/Berlin or America/New_York")
     try:
         zone = ZoneInfo(name)

@@ -44,7 +44,22 @@ def test_good_times_parse():
 
 
 @pytest.mark.parametrize(
-    "text", ["Mars/Olympus", "../../etc/passwd", "/etc/localtime", "", "<script>", "x" * 300]
+    "text",
+    [
+        "Mars/Olympus",
+        "../../etc/passwd",
+        "/etc/localtime",
+        "",
+        "<script>",
+        "x" * 300,
+        # files of the system's zone directory that are no place: the server's own setting,
+        # leap-second and duplicate trees, the "-00" zone
+        "localtime",
+        "posixrules",
+        "Factory",
+        "right/Europe/Berlin",
+        "posix/Europe/Berlin",
+    ],
 )
 def test_bad_zones_are_refused(text):
     with pytest.raises(ValueError):
