@@ -81,6 +81,11 @@ class Services:
     def now(self) -> datetime:
         return self.clock()
 
+    @property
+    def story_window(self) -> timedelta:
+        """How long a story takes new articles after its last one (the matcher's window)."""
+        return timedelta(hours=self.settings.story_window_hours)
+
 
 class StorywireContext(CallbackContext[ExtBot, dict, dict, dict]):
     """`context.services` instead of string keys into bot_data."""

@@ -211,14 +211,27 @@ class FollowResult:
     created: bool
     topic: str | None = None
     matched_now: tuple[StoryCard, ...] = ()
+    ended: bool = False  # the story is past the matching window: no article can join it now
 
 
-def follow_story_id(engine: Engine, chat_id: int, story_id: int, *, now: datetime) -> FollowResult:
-    """Follow a story from now on: articles already there are not sent again."""
+def follow_story_id(
+    engine: Engine,
+    chat_id: int,
+    story_id: int,
+    *,
+    now: datetime,
+    window: timedelta | None = None,
+) -> FollowResult:
+    """Follow a story from now on: articles already there are not sent again.
+
+    A story with no article in the matching `window` is not followed (`ended`): the matcher
+    only adds articles to active stories, so the promised digest could never come."""
     with session_scope(engine) as session:
         story = resolve_story(story_id, session=session)
         if story is None:
             return FollowResult(None, False)
+        if window is not None and story.last_published_at < now - window:
+            return FollowResult(_card(story), False, ended=True)
         story_id = story.id  # type: ignore[assignment]
         newest = session.execute(
             sa.select(sa.func.max(Article.id)).where(col(Article.story_id) == story_id)

@@ -55,9 +55,14 @@ async def on_button(update: Update, context: StorywireContext) -> None:
     verb, story_id = match.group(1), int(match.group(2))
     s = context.services
     if verb == "fol":
-        result = await run_db(svc.follow_story_id, s.engine, chat.id, story_id, now=s.now())
+        result = await run_db(
+            svc.follow_story_id, s.engine, chat.id, story_id, now=s.now(), window=s.story_window
+        )
         if result.story is None:
             await _answer(query, "That story is no longer available.")
+            return
+        if result.ended:
+            await _answer(query, "That story has ended: no new articles will join it.")
             return
         await _answer(query, "Following" if result.created else "Already following")
         if result.created and query.message is not None:

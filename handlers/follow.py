@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import Application, CommandHandler
 
@@ -15,6 +17,16 @@ FOLLOW_USAGE = (
 )
 
 
+def ended_text(story: svc.StoryCard, window: timedelta) -> str:
+    hours = round(window.total_seconds() / 3600)
+    return (
+        f"<b>{esc(story.headline)}</b> has had no new articles since "
+        f"{story.last_published_at:%d %b %Y}, and only stories with news in the last {hours} "
+        "hours get new articles, so it will not be updated. To hear of the next story like it, "
+        "follow its words: /follow words."
+    )
+
+
 async def follow(update: Update, context: StorywireContext) -> None:
     text = await required_argument(update, context, usage=FOLLOW_USAGE)
     if text is None:
@@ -23,9 +35,13 @@ async def follow(update: Update, context: StorywireContext) -> None:
     chat_id = update.effective_chat.id  # type: ignore[union-attr]
     story_id = parse_story_id(text)
     if story_id is not None:
-        result = await run_db(svc.follow_story_id, s.engine, chat_id, story_id, now=s.now())
+        result = await run_db(
+            svc.follow_story_id, s.engine, chat_id, story_id, now=s.now(), window=s.story_window
+        )
         if result.story is None:
             await reply(update, f"There is no story {story_id}. See /top for current ones.")
+        elif result.ended:
+            await reply(update, ended_text(result.story, s.story_window))
         elif result.created:
             await reply(
                 update,

@@ -224,3 +224,31 @@ async def test_removefeed_of_an_impossible_id_says_there_is_none(api, any_db_set
         replies = await say(api, ADMIN, f"/removefeed {target}")
     assert replies and not any(SORRY in r for r in replies), replies
     assert "No feed" in replies[0]
+
+
+def _old_story(engine, headline: str, days: int) -> int:  # type: ignore[no-untyped-def]
+    at = NOW - timedelta(days=days)
+    with session_scope(engine) as session:
+        return create_story(session=session, headline=headline, published_at=at, now=at).id  # type: ignore[return-value]
+
+
+async def test_following_a_story_past_the_window_says_it_has_ended(api, settings):
+    """The matcher adds articles to stories with news in the last 48 hours only: a follow of an
+    older story promised a digest that could never come."""
+    async with running_bot(settings) as app:
+        engine = services_of(app).engine
+        old = _old_story(engine, "Election night in Nara", days=5)
+        replies = await say(api, USER, f"/follow {old}")
+        await api.inject_callback(USER, f"fol:{old}")
+        await api.wait_for(lambda: len(api.callback_answers) == 1)
+        following = await say(api, USER, "/following")
+    assert "will not be updated" in replies[0] and "48 hours" in replies[0]
+    assert "has ended" in (api.callback_answers[0].get("text") or "")
+    assert "follows nothing" in following[0]
+
+
+async def test_a_story_with_news_inside_the_window_is_followed(api, settings):
+    async with running_bot(settings) as app:
+        story = _old_story(services_of(app).engine, "Election night in Nara", days=1)
+        replies = await say(api, USER, f"/follow {story}")
+    assert replies[0].startswith("Following Election night in Nara")
