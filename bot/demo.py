@@ -156,6 +156,10 @@ class TerminalChat:
         return sent
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     """Run the demo; returns the number of messages printed."""
     articles = load()
@@ -209,8 +213,9 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
                     now=clock.now,
                 )
                 out(
-                    f"\n· {clock.now:%a %d %b %H:%M} UTC: {summary.new_articles} new articles, "
-                    f"{len(matched)} matched, {stories.matcher.active_count} active stories"
+                    f"\n· {clock.now:%a %d %b %H:%M} UTC: "
+                    f"{_count(summary.new_articles, 'new article')}, {len(matched)} matched, "
+                    f"{_count(stories.matcher.active_count, 'active story', 'active stories')}"
                 )
                 if not followed and clock.now - START >= FOLLOW_AT:
                     followed = True
