@@ -1,7 +1,7 @@
 """`storywire demo`: the whole pipeline on bundled real headlines, no token, no internet.
 
 Sample feeds are served on 127.0.0.1 and release their articles over 36 simulated hours. Storywire
-polls them, matches stories, a demo user follows the top stories and a topic, a demo group asks
+polls them, matches stories, a demo user follows the three top stories, a demo group asks
 for a daily digest, and the outbox is drained to the terminal instead of Telegram, printing each
 message as the chat would see it.
 """
