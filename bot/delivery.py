@@ -39,6 +39,7 @@ from store.outbox import (
     claim,
     claimable,
     fall_back_to_plain,
+    hold_claim,
     mark_dead,
     mark_retry,
     mark_sent,
@@ -175,6 +176,19 @@ class OutboxSender:
             await self._pace(row.chat_id)
             if self._kept is not None and self._kept.lost:
                 # Another instance holds the lease now and will send what we claimed.
+                return None
+            # The renewal says so only at its next turn: until then, a sender that took the lease
+            # over (our renewals did not land in time) may have released and sent these rows.
+            held = await asyncio.to_thread(
+                hold_claim,
+                self._engine,
+                row.id,
+                self._holder,
+                now=self._clock(),
+                ttl=self._claim_ttl,
+            )
+            if not held:
+                log.warning("chat %s: row %s was taken over by another sender", row.chat_id, row.id)
                 return None
             return await self._deliver(row)
 

@@ -3,6 +3,8 @@
 Guarantees, relied on by `bot.delivery`:
 - `enqueue` uses the unique `dedup_key`, so the same digest queued twice is one row.
 - `claim` is one conditional UPDATE; two senders can never both claim a row.
+- `hold_claim`, just before the send, tells a sender whose lease ran out that another sender has
+  taken its rows over since it claimed them.
 - Only the oldest pending row of a chat is claimable, so a chat's messages go out in order.
 - A row is marked sent only after Telegram accepted it; a claim that was never resolved (a crash
   mid-send) expires and the row is sent again: at most the one in-flight message repeats.
@@ -117,6 +119,20 @@ def claim(
             return None
         row = conn.execute(sa.select(_T).where(_T.c.id == row_id)).one()
     return OutboxMessage.model_validate(dict(row._mapping))
+
+
+def hold_claim(engine: Engine, row_id: int, holder: str, *, now: datetime, ttl: timedelta) -> bool:
+    """Renew `holder`'s claim on a row it is about to send; False if the claim is no longer its
+    own (a sender that took the lease over since released or claimed it) or the row is done."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(_T)
+            .where(_T.c.id == row_id)
+            .where(_T.c.status == OutboxStatus.PENDING)
+            .where(_T.c.claimed_by == holder)
+            .values(claimed_until=now + ttl)
+        )
+    return result.rowcount == 1
 
 
 def release_stale_claims(engine: Engine, *, holder: str) -> int:
