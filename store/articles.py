@@ -93,6 +93,20 @@ def _without_known_feedless(rows: list[dict], *, session: Session) -> list[dict]
     return fresh
 
 
+def assign_article(article_id: int, story_id: int, *, session: Session) -> bool:
+    """Put a story-less article in a story; False if it has one already (another instance
+    matched it first: the caller's matcher memory is out of date)."""
+    table = Article.__table__
+    # the table, not the ORM entity: a plain UPDATE, without the ORM's per-call bookkeeping
+    result = session.connection().execute(
+        sa.update(table)
+        .where(table.c.id == article_id)
+        .where(table.c.story_id.is_(None))
+        .values(story_id=story_id)
+    )
+    return result.rowcount == 1
+
+
 def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Article]:
     """Articles not yet matched to a story, in arrival order."""
     return session.exec(

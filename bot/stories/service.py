@@ -26,12 +26,18 @@ from bot.stories.matcher import (
     StoryMatcher,
     StorySnapshot,
 )
-from store.articles import articles_since, unassigned_articles
+from store.articles import articles_since, assign_article, unassigned_articles
 from store.db import session_scope
 from store.models import Article, Story
 from store.stories import create_story, get_story, merge_stories, update_story
 
 log = logging.getLogger(__name__)
+
+
+class _Superseded(Exception):
+    def __init__(self, article_id: int) -> None:
+        super().__init__(article_id)
+        self.article_id = article_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,12 @@ class StoryService:
             with session_scope(self._engine) as session:
                 articles = unassigned_articles(session=session, limit=batch_size)
                 return [self._assign(article, session=session) for article in articles]
+        except _Superseded as exc:
+            # Another instance matched while this one's lease had run out: its stories are in
+            # the database, not in this memory. Drop the batch (rolled back) and catch up.
+            log.warning("article %d was matched by another instance; rebuilding", exc.article_id)
+            self.rebuild()
+            return []
         except Exception:
             # The transaction rolled back but the matcher's memory moved on: make them agree again.
             log.exception("story assignment failed; rebuilding the matcher from the database")
@@ -167,8 +179,8 @@ class StoryService:
                 session=session, headline=article.title, published_at=article.published_at, now=now
             )
         snapshot: StorySnapshot = self._matcher.add(story.id, text)  # type: ignore[arg-type]
-        article.story_id = story.id
-        session.add(article)
+        if not assign_article(article.id, story.id, session=session):  # type: ignore[arg-type]
+            raise _Superseded(article.id)  # type: ignore[arg-type]
         merged: tuple[int, ...] = ()
         merges: list[tuple[int, int]] = []
         merge = self._matcher.settle(story.id)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from bot.app import MATCHER_LEASE, MATCHER_LEASE_TTL, Services, assign_and_notify
@@ -12,7 +13,7 @@ from bot.stories.service import StoryService
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.leases import release_lease
-from store.models import Article
+from store.models import Article, Story
 from tests.conftest import T0
 
 
@@ -87,3 +88,25 @@ async def test_an_instance_whose_lease_lapsed_rebuilds_even_if_no_one_holds_it_n
     assert await assign_and_notify(a) == 1
     _, sbarro, pizza = _stories(db_engine)
     assert sbarro is not None and pizza == sbarro  # joined B's story: A rebuilt first
+
+
+def test_a_batch_another_instance_matched_meanwhile_is_dropped_not_doubled(db_engine):
+    """A's lease ran out mid-batch; B took over and matched the same article first. A's commit
+    would have started the article's story a second time (an empty twin)."""
+    if db_engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: the overlap needs PostgreSQL")
+    clock = Clock()
+    a, b = _instance(db_engine, clock, "A"), _instance(db_engine, clock, "B")
+    _add(db_engine, "Sbarro files for bankruptcy again", T0)
+    match = a.stories.matcher.match  # type: ignore[union-attr]
+
+    def b_first(article):  # type: ignore[no-untyped-def]
+        assert b.stories is not None and len(b.stories.assign_pending()) == 1
+        return match(article)
+
+    a.stories.matcher.match = b_first  # type: ignore[method-assign,union-attr]
+    assert a.stories.assign_pending() == []  # type: ignore[union-attr]
+    with session_scope(db_engine) as session:
+        stories = session.exec(select(Story)).all()
+    assert len(stories) == 1 and _stories(db_engine) == [stories[0].id]
+    assert a.stories.matcher.active_count == 1  # type: ignore[union-attr]  # caught up
