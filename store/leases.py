@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +18,14 @@ from sqlalchemy.exc import IntegrityError
 
 from store.models import Lease
 
+# Host and pid alone can repeat: two containers on the host network both run as pid 1 on one
+# host name, and would each renew the other's leases as their own.
+_PROCESS_TOKEN = secrets.token_hex(4)
+
 
 def process_holder() -> str:
-    """This process's name as a lease holder: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name as a lease holder: host, pid and a token drawn at start."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{_PROCESS_TOKEN}"
 
 
 # A released lease keeps its row and holder, expired: so the next take tells whether anyone else

@@ -134,3 +134,13 @@ def test_a_take_says_whether_anyone_else_held_the_lease_in_between(db_engine):
     # b held it and let go: a gets it back, but not as it left it
     assert take_lease(db_engine, "matcher", "a", ttl=ttl, now=T0 + late) is LeaseTake.TAKEN
     assert take_lease(db_engine, "matcher", "b", ttl=ttl, now=T0 + late) is LeaseTake.REFUSED
+
+
+def test_two_processes_with_one_host_name_and_pid_are_different_holders(monkeypatch):
+    import store.leases as leases
+
+    first = leases.process_holder()
+    assert first == leases.process_holder()  # stable within a process
+    monkeypatch.setattr(leases, "_PROCESS_TOKEN", "another")  # a second container, also pid 1
+    assert leases.process_holder() != first
+    assert len(first) <= 100  # the holder column
