@@ -39,9 +39,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
                 poolclass=StaticPool,
             )
         else:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # SQLite does not expand "~": open the file in the directory we create.
+            path = Path(database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(
-                url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+                parsed.set(database=str(path)),
+                echo=echo,
+                connect_args={"check_same_thread": False, "timeout": 30},
             )
 
         @sa.event.listens_for(engine, "connect")
