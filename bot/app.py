@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from telegram import BotCommand, LinkPreviewOptions, Update
+from telegram import Bot, BotCommand, LinkPreviewOptions, Update
 from telegram.constants import ParseMode
+from telegram.error import InvalidToken, NetworkError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -41,7 +42,7 @@ from bot.following import follow_matching_topics
 from bot.leases import renewing
 from bot.stories.service import StoryService
 from store.db import make_engine, session_scope
-from store.leases import LeaseTake, process_holder, take_lease
+from store.leases import LeaseTake, process_holder, release_lease, take_lease
 from store.migrate import upgrade
 from store.models import Chat, Feed
 from store.outbox import OutgoingPart, enqueue
@@ -161,7 +162,9 @@ async def _post_init(application: Application) -> None:
         clock=services.clock,
         rebuild=False,
     )
-    services.sender = OutboxSender(services.engine, application.bot, clock=services.clock)
+    services.sender = OutboxSender(
+        services.engine, application.bot, clock=services.clock, holder=services.holder
+    )
     await application.bot.set_my_commands(COMMANDS)
     me = application.bot.username
     log.info("Storywire is up as @%s", me)
@@ -171,6 +174,11 @@ async def _post_shutdown(application: Application) -> None:
     services: Services = application.bot_data["services"]
     if services.sender is not None:
         await services.sender.release()
+    if services.stories is not None:
+        # Kept between ticks so this instance need not rebuild; at exit, another instance
+        # should not wait MATCHER_LEASE_TTL to take matching over.
+        await asyncio.to_thread(release_lease, services.engine, MATCHER_LEASE, services.holder)
+        services.matcher_lease_held = False
     if services.http is not None:
         await services.http.aclose()
     if services.parsers is not None:
@@ -193,6 +201,7 @@ async def poll_tick(context: StorywireContext) -> None:
             services.http,
             poll_policy(services.settings),
             clock=services.clock,
+            holder=services.holder,
             parsers=services.parsers,
             on_disabled=functools.partial(_queue_feed_disabled_notice, services),
         )
@@ -315,19 +324,54 @@ async def _on_error(update: object, context: StorywireContext) -> None:
             log.warning("could not tell chat %s about the error", chat_id)
 
 
+async def check_token(settings: Settings) -> None:
+    """Ask the Bot API who we are; SettingsError in one line if it refuses the token.
+
+    Left to `run_polling`, a revoked token ends in PTB's traceback, which prints the token."""
+    bot = Bot(
+        settings.require_token(),
+        base_url=settings.bot_api_base_url,
+        base_file_url=settings.bot_file_base_url,
+    )
+    try:
+        async with bot:
+            pass
+    except InvalidToken:
+        raise SettingsError(
+            "TELEGRAM_BOT_TOKEN was rejected by Telegram: revoked or mistyped? "
+            "Check it with @BotFather"
+        ) from None
+    except NetworkError as exc:
+        raise SettingsError(
+            f"cannot reach the Bot API at TELEGRAM_API_BASE_URL "
+            f"({settings.telegram_api_base_url}): {exc}"
+        ) from None
+
+
 def run(settings: Settings) -> None:
     """`storywire run`: long polling, or a webhook when WEBHOOK_URL is set."""
+    secret = (
+        settings.webhook_secret_token.get_secret_value() if settings.webhook_secret_token else ""
+    )
+    if settings.webhook_url and not secret:
+        raise SettingsError("WEBHOOK_SECRET_TOKEN is required when WEBHOOK_URL is set")
+    if settings.webhook_url:
+        try:
+            import tornado  # noqa: F401  (PTB's webhook server)
+        except ImportError:
+            raise SettingsError(
+                "WEBHOOK_URL is set but the webhook server is not installed: "
+                "pip install 'python-telegram-bot[webhooks]'"
+            ) from None
+    asyncio.run(check_token(settings))
     application = build_application(settings)
     if settings.webhook_url:
-        secret = settings.webhook_secret_token
-        if secret is None or not secret.get_secret_value():
-            raise SettingsError("WEBHOOK_SECRET_TOKEN is required when WEBHOOK_URL is set")
         application.run_webhook(
             listen=settings.webhook_listen,
             port=settings.webhook_port,
             url_path="telegram",
             webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
-            secret_token=secret.get_secret_value(),
+            secret_token=secret,
             allowed_updates=Update.ALL_TYPES,
         )
     else:

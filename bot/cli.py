@@ -36,12 +36,38 @@ def configure_logging(level: str) -> None:
 
 
 def open_engine(settings: Settings) -> Engine:
-    """The engine for DATABASE_URL with the schema migrated to head."""
+    """The engine for DATABASE_URL with the schema migrated to head; CommandError if it cannot
+    be opened (no driver, unknown kind, server down), naming the setting."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError, OperationalError
+
     from store.db import make_engine
     from store.migrate import upgrade
 
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    url = settings.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        engine = make_engine(url)
+    except NoSuchModuleError:
+        raise CommandError(
+            f"DATABASE_URL {shown!r} is no database Storywire knows: "
+            "use sqlite:///path/to/file.db or postgresql://user@host/db"
+        ) from None
+    except ImportError as exc:
+        raise CommandError(
+            f"DATABASE_URL {shown!r} needs a driver that is not installed ({exc.name}): "
+            "for PostgreSQL use postgresql://... and pip install 'storywire[postgres]'"
+        ) from None
+    except OSError as exc:
+        raise CommandError(f"cannot create the database directory for {shown!r}: {exc}") from None
+    try:
+        upgrade(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise CommandError(
+            f"cannot open the database at DATABASE_URL {shown!r}: {reason}"
+        ) from None
     return engine
 
 
@@ -50,6 +76,13 @@ def _now() -> datetime:
 
 
 # --- feeds ------------------------------------------------------------------------------------
+
+
+def _feed_name_limit() -> int:
+    """The width of feed.name: PostgreSQL refuses a longer value, and the whole transaction."""
+    from store.models import Feed
+
+    return Feed.__table__.c.name.type.length  # type: ignore[attr-defined]
 
 
 def cmd_feeds_add(settings: Settings, args: argparse.Namespace) -> int:
@@ -61,6 +94,8 @@ def cmd_feeds_add(settings: Settings, args: argparse.Namespace) -> int:
         url = validate_feed_url(args.url)
     except ValueError as exc:
         raise CommandError(f"invalid feed URL {args.url!r}: {exc}") from None
+    if args.name is not None and len(args.name) > _feed_name_limit():
+        raise CommandError(f"--name is longer than {_feed_name_limit()} characters")
     engine = open_engine(settings)
     with session_scope(engine) as session:
         existing = find_feed(url, session=session)
@@ -107,12 +142,20 @@ def cmd_feeds_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_feeds_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.feeds.urls import validate_feed_url
     from store.db import session_scope
     from store.feeds import find_feed, remove_feed
 
     engine = open_engine(settings)
     with session_scope(engine) as session:
         feed = find_feed(args.feed, session=session)
+        if feed is None:
+            # Stored URLs are normalised (`feeds add HTTPS://Example.ORG` keeps
+            # https://example.org/): look the argument up the same way.
+            try:
+                feed = find_feed(validate_feed_url(args.feed), session=session)
+            except ValueError:
+                feed = None
         if feed is None:
             raise CommandError(f"no feed with id or URL {args.feed!r}")
         remove_feed(feed, session=session)
@@ -150,7 +193,8 @@ def cmd_feeds_import(settings: Settings, args: argparse.Namespace) -> int:
             if url in known:
                 existing += 1
                 continue
-            feed = add_feed(url, session=session, name=entry.title, now=_now())
+            name = entry.title[: _feed_name_limit()] if entry.title else None
+            feed = add_feed(url, session=session, name=name, now=_now())
             known[url] = feed.id  # type: ignore[assignment]
             added += 1
     print(f"imported {added} feeds ({existing} already present, {invalid} invalid)")
@@ -167,7 +211,10 @@ def cmd_feeds_export(settings: Settings, args: argparse.Namespace) -> int:
         pairs = [(f.url, f.name or f.title) for f in list_feeds(session=session)]
     text = write_opml(pairs)
     if args.output and args.output != "-":
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         print(f"exported {len(pairs)} feeds to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

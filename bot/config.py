@@ -5,6 +5,7 @@ Built once in `main()` and passed down; nothing reads `os.environ` elsewhere.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org"
+# What Telegram accepts: a token is a numeric bot id, a colon and a secret; setWebhook's secret is
+# 1-256 of these characters. Anything else Telegram refuses only once the bot is starting.
+TOKEN_SHAPE = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
+WEBHOOK_SECRET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 class SettingsError(Exception):
@@ -73,6 +78,41 @@ class Settings(BaseSettings):
                 raise ValueError("expected comma-separated Telegram user ids") from exc
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if value is None:
+            return None
+        try:
+            make_url(value.strip())
+        except ArgumentError as exc:
+            raise ValueError(
+                "not a database URL: use sqlite:///path/to/file.db or postgresql://user@host/db"
+            ) from exc
+        return value.strip()
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().lower().startswith("https://"):
+            raise ValueError("Telegram only delivers webhooks to an https:// URL")
+        return value.strip() if value is not None else None
+
+    @field_validator("webhook_secret_token")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not WEBHOOK_SECRET_SHAPE.match(value.get_secret_value()):
+            raise ValueError("use 1 to 256 of the characters A-Z, a-z, 0-9, _ and -")
+        return value
+
     @field_validator("telegram_api_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -92,13 +132,10 @@ class Settings(BaseSettings):
     @field_validator("default_timezone")
     @classmethod
     def _check_tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        # The rules /timezone applies: a zone a chat could not choose is no default for one.
+        from bot.digests.schedule import parse_timezone
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return parse_timezone(value).key
 
     @property
     def resolved_database_url(self) -> str:
@@ -122,7 +159,7 @@ class Settings(BaseSettings):
                 "TELEGRAM_BOT_TOKEN is not set: get one from @BotFather and put it in .env"
             )
         token = self.telegram_bot_token.get_secret_value().strip()
-        if ":" not in token:
+        if not TOKEN_SHAPE.match(token):
             raise SettingsError("TELEGRAM_BOT_TOKEN is malformed: expected '<bot id>:<secret>'")
         return token
 

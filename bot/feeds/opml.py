@@ -5,6 +5,7 @@ Writing OPML is a dozen lines of ElementTree, which escapes for us; listparser o
 
 from __future__ import annotations
 
+import codecs
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ class FeedListEntry:
 
 def read_feed_list(data: bytes) -> list[FeedListEntry]:
     """Parse OPML (anything starting with '<') or a plain list of URLs, one per line."""
-    text_start = data.lstrip()[:1]
+    # Windows tools often start OPML with a UTF-8 byte order mark.
+    text_start = data.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
     if text_start == b"<":
         result = listparser.parse(data)
         if result.get("bozo") and not result.feeds:
@@ -44,8 +46,8 @@ def read_feed_list(data: bytes) -> list[FeedListEntry]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        url, _, title = line.partition(" ")
-        entries.append(FeedListEntry(url, title.strip() or None, number))
+        url, *title = line.split(None, 1)  # a space or a tab, as spreadsheets export
+        entries.append(FeedListEntry(url, title[0].strip() if title else None, number))
     if not entries:
         raise FeedListError("the file lists no feed URLs")
     return entries
