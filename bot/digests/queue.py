@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -182,9 +183,17 @@ def queue_group_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) 
     with session_scope(engine) as session:
         chat_ids = [c.id for c in chats_due_for_group_digest(session=session, now=now)]
     for chat_id in chat_ids:
-        with session_scope(engine) as session:
-            queued += _queue_group(session, chat_id, now=now, policy=policy)
+        try:
+            with session_scope(engine) as session:
+                queued += _queue_group(session, chat_id, now=now, policy=policy)
+        except _SettingsChanged:
+            # rolled back, digest and all: the next tick decides under the new settings
+            log.info("chat %s changed its digest settings meanwhile; deciding next tick", chat_id)
     return queued
+
+
+class _SettingsChanged(Exception):
+    pass
 
 
 def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: DigestPolicy) -> int:
@@ -220,6 +229,18 @@ def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: Diges
             now=now,
         )
         queued = 1 if queued else 0
-    chat.next_digest_at = next_digest_at(at, zone, after=now)
-    session.add(chat)
+    # Compare-and-set on the settings this was decided under: an admin's change committed since
+    # (a new time, zone, or off) must not be overwritten with a schedule made for the old ones.
+    table = Chat.__table__
+    moved = session.connection().execute(
+        sa.update(table)
+        .where(table.c.id == chat_id)
+        .where(table.c.next_digest_at == chat.next_digest_at)
+        .where(table.c.digest_enabled.is_(True))
+        .where(table.c.digest_time.is_not_distinct_from(chat.digest_time))
+        .where(table.c.timezone == chat.timezone)
+        .values(next_digest_at=next_digest_at(at, zone, after=now))
+    )
+    if moved.rowcount != 1:
+        raise _SettingsChanged(chat_id)
     return queued

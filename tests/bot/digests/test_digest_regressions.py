@@ -180,3 +180,25 @@ def test_a_time_zone_where_the_time_has_passed_still_gives_today_its_digest(engi
     setting = svc.change_timezone(engine, GROUP, "Europe/Helsinki", now=moved_at)
     assert setting.next_at == moved_at
     assert queue_group_digests(engine, now=moved_at, policy=POLICY) == 1
+
+
+def test_a_settings_change_while_the_digest_is_queued_is_not_overwritten(engine, monkeypatch):
+    """An admin turns the digest off while the tick is composing it. The tick then wrote back a
+    next time made for the old settings (and queued a digest the group no longer wants)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: the overlap needs PostgreSQL")
+    import bot.digests.queue as queue
+
+    add_articles(engine, _story(engine, "Storm hits coast", T), 3, T)
+    svc.change_digest(engine, GROUP, enabled=True, time_text="06:30", now=T - timedelta(days=1))
+    compose = queue.group_digest_parts
+
+    def admin_turns_it_off_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        svc.change_digest(engine, GROUP, enabled=False, time_text=None, now=T)
+        return compose(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "group_digest_parts", admin_turns_it_off_meanwhile)
+    assert queue_group_digests(engine, now=T + timedelta(minutes=30), policy=POLICY) == 0
+    setting = svc.digest_setting(engine, GROUP)
+    assert setting is not None and not setting.enabled and setting.next_at is None
+    assert _group_digests(engine) == []
