@@ -94,6 +94,7 @@ class OutboxSender:
         self._last_sent: dict[int, float] = {}
         self._has_lease = False
         self._kept: KeptLease | None = None  # the lease renewal of the round being sent
+        self._lease_until: datetime | None = None  # when our latest take of the lease runs out
         self._draining = asyncio.Lock()
 
     @property
@@ -101,14 +102,17 @@ class OutboxSender:
         return self._holder
 
     async def _take_lease(self) -> bool:
+        now = self._clock()
         got = await asyncio.to_thread(
             acquire_lease,
             self._engine,
             SENDER_LEASE,
             self._holder,
             ttl=self._lease_ttl,
-            now=self._clock(),
+            now=now,
         )
+        if got:
+            self._lease_until = now + self._lease_ttl
         if got and not self._has_lease:
             # We hold the only sender lease: claims by anyone else belong to a dead process.
             freed = await asyncio.to_thread(release_stale_claims, self._engine, holder=self._holder)
@@ -116,6 +120,11 @@ class OutboxSender:
                 log.warning("released %d outbox rows claimed by a sender that is gone", freed)
         self._has_lease = got
         return got
+
+    def _lease_surely_held(self) -> bool:
+        renewed = self._kept.until if self._kept is not None else None
+        until = max(self._lease_until, renewed) if renewed else self._lease_until
+        return until is not None and self._clock() < until - self._lease_ttl / 3
 
     async def release(self) -> None:
         if self._has_lease:
@@ -179,6 +188,9 @@ class OutboxSender:
                 return None
             # The renewal says so only at its next turn: until then, a sender that took the lease
             # over (our renewals did not land in time) may have released and sent these rows.
+            # While the lease surely still runs, no one can have: skip the round trip then.
+            if self._lease_surely_held():
+                return await self._deliver(row)
             held = await asyncio.to_thread(
                 hold_claim,
                 self._engine,

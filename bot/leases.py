@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class KeptLease:
     name: str
     lost: bool = False  # a renewal found the lease held by someone else
+    until: datetime | None = None  # when the latest renewal made here runs out
     # a renewal came after the lease ran out: no one took it, but someone may have held it between
     lapsed: bool = False
 
@@ -49,12 +50,13 @@ async def renewing(
         while True:
             await asyncio.sleep(ttl.total_seconds() / 3)
             try:
-                take = await asyncio.to_thread(
-                    take_lease, engine, name, holder, ttl=ttl, now=clock()
-                )
+                now = clock()
+                take = await asyncio.to_thread(take_lease, engine, name, holder, ttl=ttl, now=now)
             except Exception:  # noqa: BLE001 - a database hiccup: try again next time
                 log.warning("could not renew the %s lease; retrying", name, exc_info=True)
                 continue
+            if take is not LeaseTake.REFUSED:
+                kept.until = now + ttl
             if take is LeaseTake.TAKEN:
                 kept.lapsed = True
             if take is LeaseTake.REFUSED and not kept.lost:
