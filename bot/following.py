@@ -17,7 +17,13 @@ from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from bot.digests.schedule import digest_day, next_digest_at, parse_hhmm, parse_timezone
+from bot.digests.schedule import (
+    digest_day,
+    next_digest_at,
+    parse_hhmm,
+    parse_timezone,
+    stored_timezone,
+)
 from store.articles import latest_story_articles
 from store.chats import set_digest, set_timezone, upsert_chat
 from store.db import session_scope
@@ -314,23 +320,22 @@ def digest_setting(engine: Engine, chat_id: int) -> DigestSetting | None:
 def _rescheduled(chat: Chat, at: time, zone: ZoneInfo, *, now: datetime) -> datetime:
     """When the group's next digest is due under a new time or zone.
 
-    Normally the next time the local clock shows `at`. But if the old schedule still owed today's
-    digest and the new time has already passed today (08:00 moved to 06:00 at 07:00, or Berlin to
-    Helsinki at 07:55), today's is due now: otherwise the change would skip a day. The per-day
-    dedup key keeps it to one digest a day either way.
+    Normally the next time the local clock shows `at`. But when a running digest's new time has
+    already passed today (08:00 moved to 06:00 at 07:00, Berlin to Helsinki at 07:55, New York
+    to Tokyo in the evening, where it is tomorrow already), today's digest is due now: otherwise
+    the change would skip a day. If today's (that date's) digest went out already, its per-day
+    dedup key drops the second one and the schedule just moves on.
     """
     upcoming = next_digest_at(at, zone, after=now)
     if not chat.digest_enabled or chat.next_digest_at is None:
         return upcoming
-    old_zone = _zone_or_utc(chat.timezone)
-    owed_today = chat.next_digest_at.astimezone(old_zone).date() <= now.astimezone(old_zone).date()
     passed_today = digest_day(at, zone, until=now) == now.astimezone(zone).date()
-    return now if owed_today and passed_today else upcoming
+    return now if passed_today else upcoming
 
 
 def _zone_or_utc(name: str) -> ZoneInfo:
     try:
-        return parse_timezone(name)
+        return stored_timezone(name)
     except ValueError:
         return parse_timezone("UTC")
 
@@ -346,7 +351,7 @@ def change_digest(
             raise LookupError(chat_id)
         hhmm = at.strftime("%H:%M") if at else (chat.digest_time or "08:00")
         next_at = (
-            _rescheduled(chat, parse_hhmm(hhmm), parse_timezone(chat.timezone), now=now)
+            _rescheduled(chat, parse_hhmm(hhmm), _zone_or_utc(chat.timezone), now=now)
             if enabled
             else None
         )

@@ -33,6 +33,7 @@ from bot.digests.schedule import (
     next_digest_at,
     parse_hhmm,
     parse_timezone,
+    stored_timezone,
 )
 from store.articles import latest_story_articles, story_articles
 from store.chats import chats_due_for_group_digest
@@ -203,7 +204,7 @@ def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: Diges
     if chat.next_digest_at > now:
         return 0  # another tick already moved it on
     try:
-        zone = parse_timezone(chat.timezone)
+        zone = stored_timezone(chat.timezone)
         at = parse_hhmm(chat.digest_time or "08:00")
     except ValueError:
         log.warning(

@@ -63,6 +63,23 @@ def parse_timezone(text: str) -> ZoneInfo:
     return zone
 
 
+def stored_timezone(name: str) -> ZoneInfo:
+    """A chat's saved zone. Zones `parse_timezone` refuses today were accepted before: their
+    groups keep their schedule ("posix/Asia/Tokyo" reads as Asia/Tokyo; "localtime" stays what
+    it always meant). ValueError only for a name no zone file has."""
+    try:
+        return parse_timezone(name)
+    except ValueError:
+        folded = name.strip()
+        for tree in ("posix/", "right/"):
+            if folded.casefold().startswith(tree):
+                return parse_timezone(folded[len(tree) :])
+        try:
+            return ZoneInfo(folded)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}") from None
+
+
 def local_occurrence(day: date, at: time, zone: ZoneInfo) -> datetime:
     """`at` on `day` in `zone`, as UTC. A time skipped by a DST jump runs at the first valid
     instant after it (02:30 on a spring-forward night runs at 03:00); a repeated time runs once,

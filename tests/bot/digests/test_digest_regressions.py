@@ -14,7 +14,7 @@ from bot.digests.schedule import Debounce
 from store.articles import NewArticle, insert_articles
 from store.chats import upsert_chat
 from store.db import session_scope
-from store.models import Article, Story
+from store.models import Article, Chat, Story
 from store.stories import create_story
 from tests.bot.digest_data import add_articles, outbox_rows
 
@@ -167,8 +167,35 @@ def test_moving_the_time_after_todays_digest_went_out_sends_no_second_one(engine
     svc.change_digest(engine, GROUP, enabled=True, time_text="06:00", now=T - timedelta(days=1))
     assert queue_group_digests(engine, now=T, policy=POLICY) == 1  # today's, at 06:00
     later = T.replace(hour=9)
-    setting = svc.change_digest(engine, GROUP, enabled=True, time_text="07:00", now=later)
-    assert setting.next_at == T.replace(hour=7) + timedelta(days=1)
+    svc.change_digest(engine, GROUP, enabled=True, time_text="07:00", now=later)
+    assert queue_group_digests(engine, now=later, policy=POLICY) == 0  # today's went out
+    setting = svc.digest_setting(engine, GROUP)
+    assert setting is not None and setting.next_at == T.replace(hour=7) + timedelta(days=1)
+    assert _group_digests(engine) == ["<b>Top stories — Tue 10 Mar 2026</b>"]
+
+
+def test_moving_east_in_the_evening_gives_the_new_zones_today_its_digest(engine):
+    """New York 08:00; at Mon 20:00 New York the group moves to Tokyo, where it is Tue 09:00
+    already: Tokyo's Tuesday digest is due now, not on Wednesday."""
+    monday_8pm_ny = datetime(2026, 3, 10, 0, 0, tzinfo=UTC)  # Mon 9 Mar 20:00 EDT
+    add_articles(engine, _story(engine, "Storm hits coast", monday_8pm_ny), 3, monday_8pm_ny)
+    before = monday_8pm_ny - timedelta(days=2)
+    svc.change_timezone(engine, GROUP, "America/New_York", now=before)
+    svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=before)
+    setting = svc.change_timezone(engine, GROUP, "Asia/Tokyo", now=monday_8pm_ny)
+    assert setting.next_at == monday_8pm_ny
+    assert queue_group_digests(engine, now=monday_8pm_ny, policy=POLICY) == 1
+    assert _group_digests(engine) == ["<b>Top stories — Tue 10 Mar 2026</b>"]
+
+
+def test_a_zone_saved_before_the_stricter_rule_keeps_its_schedule(engine):
+    """/timezone once took 'posix/Asia/Tokyo'; such rows must keep Tokyo, not fall back to UTC."""
+    with session_scope(engine) as session:
+        chat = session.get(Chat, GROUP)
+        assert chat is not None
+        chat.timezone = "posix/Asia/Tokyo"
+    setting = svc.change_digest(engine, GROUP, enabled=True, time_text="07:00", now=T)
+    assert setting.next_at == datetime(2026, 3, 10, 22, 0, tzinfo=UTC)  # 07:00 Tokyo
 
 
 def test_a_time_zone_where_the_time_has_passed_still_gives_today_its_digest(engine):
