@@ -182,10 +182,16 @@ def test_moving_east_in_the_evening_gives_the_new_zones_today_its_digest(engine)
     before = monday_8pm_ny - timedelta(days=2)
     svc.change_timezone(engine, GROUP, "America/New_York", now=before)
     svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=before)
+    monday_8am_ny = datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
+    add_articles(engine, _story(engine, "Court rules on merger", monday_8am_ny), 2, monday_8am_ny)
+    assert queue_group_digests(engine, now=monday_8am_ny, policy=POLICY) == 1  # Monday's
     setting = svc.change_timezone(engine, GROUP, "Asia/Tokyo", now=monday_8pm_ny)
     assert setting.next_at == monday_8pm_ny
     assert queue_group_digests(engine, now=monday_8pm_ny, policy=POLICY) == 1
-    assert _group_digests(engine) == ["<b>Top stories — Tue 10 Mar 2026</b>"]
+    assert _group_digests(engine) == [
+        "<b>Top stories — Mon 09 Mar 2026</b>",
+        "<b>Top stories — Tue 10 Mar 2026</b>",
+    ]
 
 
 def test_a_zone_saved_before_the_stricter_rule_keeps_its_schedule(engine):
