@@ -143,11 +143,19 @@ def _is_web_url(value: object) -> bool:
     )
 
 
+_TRACKING_FRAGMENT = re.compile(r"^(?:xtor|utm|ixzz|at_|ref|rss|src|sm|cmp|mc_)", re.IGNORECASE)
+
+
 def _anchor(link: str) -> str:
+    """A link's fragment if it names a place in the page ("post-2"); "" for tracking
+    ("xtor=RSS-3", "ixzz2vZ", "utm_source=...") and other key=value fragments."""
     try:
-        return urlsplit(link.strip()).fragment[:200]
+        fragment = urlsplit(link.strip()).fragment[:200]
     except ValueError:
         return ""
+    if not fragment or "=" in fragment or _TRACKING_FRAGMENT.match(fragment):
+        return ""
+    return fragment
 
 
 def _looks_like_html(body: bytes, content_type: str | None) -> bool:
@@ -187,7 +195,7 @@ def parse_feed(
     entries: list[ParsedEntry] = []
     seen: set[str] = set()
     skipped = 0
-    found = []
+    items = []
     for entry in parsed.entries:
         summary = clean_text(
             entry.get("summary") or entry.get("description") or "", limit=SUMMARY_LIMIT
@@ -200,25 +208,13 @@ def parse_feed(
             continue
         raw_link = entry.get("link") or ""
         link = canonical_url(raw_link) if _is_web_url(raw_link) else ""
+        # The canonical URL drops the fragment, but a live blog links each post as page#post-N:
+        # without it the posts collide on the one URL (unique across polls and feeds) and all
+        # but the first are lost. A fragment that is an anchor stays; tracking goes.
         anchor = _anchor(raw_link) if link else ""
-        found.append((entry, title, summary, link, anchor, _entry_key(entry, title, summary)))
-    # The canonical URL drops fragments, mostly tracking ("#xtor=RSS-3"). But a live blog links
-    # each post as page#post-N, and those posts would collide on the one URL and all but the
-    # first be lost: items of one feed whose links differ only by fragment keep it.
-    anchors: dict[str, set[str]] = {}
-    for _, _, _, link, anchor, _ in found:
-        if link:
-            anchors.setdefault(link, set()).add(anchor)
-    items = [
-        (
-            entry,
-            title,
-            summary,
-            f"{link}#{anchor}" if anchor and len(anchors[link]) > 1 else link,
-            key,
-        )
-        for entry, title, summary, link, anchor, key in found
-    ]
+        if anchor:
+            link = f"{link}#{anchor}"
+        items.append((entry, title, summary, link, _entry_key(entry, title, summary)))
     # Some feeds give every item the same <guid> (often the site's address). The guid then cannot
     # tell items apart, and keying on it alone would keep only the first: such items are keyed by
     # guid and link (or title) instead. Items that agree on all of it are one item repeated.

@@ -294,3 +294,31 @@ def test_a_tracking_fragment_alone_still_folds_into_the_plain_url():
     body = rss([Item("Storm hits coast", "http://news.example/a#xtor=RSS-3", "a", T0)])
     parsed = parse_feed(body, url="http://news.example/feed", content_type=None, fetched_at=T0)
     assert [e.url for e in parsed.entries] == ["http://news.example/a"]
+
+
+async def test_a_live_blog_post_alone_in_its_poll_is_not_lost(db_engine, feed_server):
+    """Each poll shows only the newest post: both land on the bare page URL unless the anchor
+    is kept per link, and the second was dropped as a duplicate of the first."""
+    page = "http://news.example/live"
+    polls = iter(
+        [
+            [Item("Storm live: coast braces", f"{page}#post-1", "p1", T0)],
+            [Item("Storm live: power cut in the east", f"{page}#post-2", "p2", T0)],
+        ]
+    )
+    feed_server.expect_request("/feed").respond_with_handler(
+        lambda request: Response(rss(next(polls)), content_type="application/rss+xml")
+    )
+    _add(db_engine, feed_server.url_for("/feed"))
+    clock = Clock()
+    await _poll(db_engine, clock)
+    clock.now += INTERVAL
+    await _poll(db_engine, clock)
+    assert _titles(db_engine) == ["Storm live: coast braces", "Storm live: power cut in the east"]
+
+
+@pytest.mark.parametrize("fragment", ["xtor=RSS-3", "ixzz2vZpA", "utm_source=rss", "ref=feed"])
+def test_tracking_fragments_fold_into_the_plain_url(fragment):
+    body = rss([Item("Storm hits coast", f"http://news.example/a#{fragment}", "a", T0)])
+    parsed = parse_feed(body, url="http://news.example/feed", content_type=None, fetched_at=T0)
+    assert [e.url for e in parsed.entries] == ["http://news.example/a"]
