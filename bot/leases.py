@@ -30,7 +30,8 @@ class KeptLease:
     name: str
     lost: bool = False  # a renewal found the lease held by someone else
     until: datetime | None = None  # when the latest renewal made here runs out
-    # a renewal came after the lease ran out: no one took it, but someone may have held it between
+    # a renewal found that another holder had the lease since our last take (it ran out, they
+    # took it and let go): we hold it again, but what they did meanwhile is not in our memory
     lapsed: bool = False
 
 
