@@ -5,6 +5,7 @@ Each function opens its own transaction and returns plain data, so handlers can 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from store.follows import (
 )
 from store.models import MAX_ROW_ID, Article, Chat, Story
 from store.outbox import cancel_story_digests, unpark_chat
-from store.stories import merged_story_ids, resolve_story, top_stories
+from store.stories import merged_story_ids, resolve_story, top_story_coverage
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -88,6 +89,9 @@ class StoryCard:
     article_count: int
     source_count: int
     last_published_at: datetime
+    # for /top: the coverage it is ranked by, in the last 24 hours
+    day_articles: int | None = None
+    day_sources: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +161,12 @@ def record_chat(
 
 
 def top(engine: Engine, *, now: datetime, limit: int) -> list[StoryCard]:
+    """The last 24 hours' top stories, with the coverage they are ranked by."""
     with session_scope(engine) as session:
+        top = top_story_coverage(session=session, since=now - timedelta(hours=24), limit=limit)
         return [
-            _card(s)
-            for s in top_stories(session=session, since=now - timedelta(hours=24), limit=limit)
+            dataclasses.replace(_card(c.story), day_articles=c.articles, day_sources=c.sources)
+            for c in top
         ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -153,17 +154,25 @@ def _merged_watermark(
     return low if any_between(low_story) else high
 
 
-def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequence[Story]:
+@dataclass(frozen=True, slots=True)
+class StoryCoverage:
+    story: Story
+    articles: int  # published in the period
+    sources: int  # distinct outlets among them
+
+
+def top_story_coverage(
+    *, session: Session, since: datetime, limit: int = 10
+) -> list[StoryCoverage]:
     """Stories with articles published since `since`, ranked by that coverage: distinct sources,
     then articles, then recency. Counted over the period, not the story's life: a month-old story
     with one article today does not outrank today's news."""
     published = col(Article.published_at)
+    outlets = sa.func.count(sa.distinct(sa.func.nullif(sa.func.lower(col(Article.source)), "")))
     coverage = (
         sa.select(
             col(Article.story_id).label("story_id"),
-            sa.func.count(
-                sa.distinct(sa.func.nullif(sa.func.lower(col(Article.source)), ""))
-            ).label("sources"),
+            outlets.label("sources"),
             sa.func.count().label("articles"),
             sa.func.max(published).label("latest"),
         )
@@ -172,8 +181,8 @@ def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequen
         .group_by(col(Article.story_id))
         .subquery()
     )
-    return session.exec(
-        select(Story)
+    rows = session.execute(
+        sa.select(Story, coverage.c.articles, coverage.c.sources)
         .join(coverage, coverage.c.story_id == col(Story.id))
         .where(col(Story.merged_into_id).is_(None))
         .order_by(
@@ -184,6 +193,12 @@ def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequen
         )
         .limit(limit)
     ).all()
+    return [StoryCoverage(story, articles, sources) for story, articles, sources in rows]
+
+
+def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequence[Story]:
+    """The stories of `top_story_coverage`, in its order."""
+    return [c.story for c in top_story_coverage(session=session, since=since, limit=limit)]
 
 
 def stories_updated_since(*, session: Session, since: datetime) -> Sequence[Story]:

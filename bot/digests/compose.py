@@ -102,6 +102,7 @@ class StoryUpdate:
     total_articles: int
     new_articles: tuple[DigestArticle, ...]
     new_count: int = 0  # articles new since the last digest, when more than new_articles carries
+    outlet_count: int = 0  # distinct outlets among them, when more than new_articles shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +127,12 @@ class StoryDigest:
     sentences: tuple[CitedSentence, ...]
     sources: tuple[SourceRef, ...]  # at most MAX_SOURCES; new_count may be larger
     total_articles: int
+    known_outlets: int = 0  # distinct outlets of all new articles, when the caller counted them
 
     @property
     def outlet_count(self) -> int:
-        """Distinct outlets among the listed sources."""
-        return len({s.outlet.casefold() for s in self.sources})
+        """Distinct outlets among the new articles: the listed ones, or the caller's count."""
+        return max(len({s.outlet.casefold() for s in self.sources}), self.known_outlets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +384,13 @@ def compose_story_digest(
     )
     new_count = max(update.new_count, len(articles))
     return StoryDigest(
-        update.story_id, headline, new_count, sentences, sources, update.total_articles
+        update.story_id,
+        headline,
+        new_count,
+        sentences,
+        sources,
+        update.total_articles,
+        update.outlet_count,
     )
 
 

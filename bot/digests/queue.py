@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from bot.digests.compose import (
     DigestArticle,
+    StoryDigest,
     StoryUpdate,
     compose_group_digest,
     compose_story_digest,
@@ -41,7 +42,7 @@ from store.db import session_scope
 from store.follows import PendingFollow, advance_follow, pending_follows
 from store.models import Article, Chat, Story
 from store.outbox import OutgoingPart, enqueue
-from store.stories import get_story, top_stories
+from store.stories import get_story, top_story_coverage
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,16 @@ def digest_article(article: Article) -> DigestArticle:
     )
 
 
-def story_update(story: Story, articles: Sequence[Article], *, new_count: int = 0) -> StoryUpdate:
+def story_update(
+    story: Story, articles: Sequence[Article], *, new_count: int = 0, outlet_count: int = 0
+) -> StoryUpdate:
     return StoryUpdate(
         story_id=story.id,  # type: ignore[arg-type]
         headline=story.headline,
         total_articles=story.article_count,
         new_articles=tuple(digest_article(a) for a in articles),
         new_count=new_count,
+        outlet_count=outlet_count,
     )
 
 
@@ -162,16 +166,46 @@ def _days_articles(story: Story, *, since: datetime, session: Session) -> list[A
     return list(reversed(recent or latest[:1]))
 
 
-def group_digest_parts(
-    session: Session, *, now: datetime, size: int, title: str
-) -> list[OutgoingPart]:
+@dataclass(frozen=True, slots=True)
+class GroupDigestContent:
+    """The day's top stories, composed: the same for every group due in one tick."""
+
+    story_ids: tuple[int, ...]
+    digests: tuple[StoryDigest, ...]
+
+
+def group_digest_content(session: Session, *, now: datetime, size: int) -> GroupDigestContent:
     since = now - timedelta(hours=24)
-    stories = top_stories(session=session, since=since, limit=size)
-    if not stories:
+    top = top_story_coverage(session=session, since=since, limit=size)
+    updates = [
+        story_update(
+            c.story,
+            _days_articles(c.story, since=since, session=session),
+            new_count=c.articles,
+            outlet_count=c.sources,
+        )
+        for c in top
+    ]
+    return GroupDigestContent(
+        tuple(c.story.id for c in top),  # type: ignore[misc]
+        compose_group_digest(updates),
+    )
+
+
+def group_digest_parts(
+    session: Session,
+    *,
+    now: datetime,
+    size: int,
+    title: str,
+    content: GroupDigestContent | None = None,
+) -> list[OutgoingPart]:
+    """The group digest's message parts; `content` when the caller composed it already."""
+    content = content or group_digest_content(session, now=now, size=size)
+    if not content.story_ids:
         return []
-    updates = [story_update(s, _days_articles(s, since=since, session=session)) for s in stories]
-    chunks = render_group_digest(compose_group_digest(updates), title=title)
-    markup = keyboard_json([[(f"Follow #{s.id}", f"fol:{s.id}")] for s in stories])
+    chunks = render_group_digest(content.digests, title=title)
+    markup = keyboard_json([[(f"Follow #{i}", f"fol:{i}")] for i in content.story_ids])
     return [
         OutgoingPart(text, reply_markup=markup if i == len(chunks) - 1 else None)
         for i, text in enumerate(chunks)
@@ -183,10 +217,12 @@ def queue_group_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) 
     queued = 0
     with session_scope(engine) as session:
         chat_ids = [c.id for c in chats_due_for_group_digest(session=session, now=now)]
+    # Composed once for all of them: many groups share the default time.
+    composed: list[GroupDigestContent] = []
     for chat_id in chat_ids:
         try:
             with session_scope(engine) as session:
-                queued += _queue_group(session, chat_id, now=now, policy=policy)
+                queued += _queue_group(session, chat_id, now=now, policy=policy, composed=composed)
         except _SettingsChanged:
             # rolled back, digest and all: the next tick decides under the new settings
             log.info("chat %s changed its digest settings meanwhile; deciding next tick", chat_id)
@@ -197,7 +233,14 @@ class _SettingsChanged(Exception):
     pass
 
 
-def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: DigestPolicy) -> int:
+def _queue_group(
+    session: Session,
+    chat_id: int,
+    *,
+    now: datetime,
+    policy: DigestPolicy,
+    composed: list[GroupDigestContent],
+) -> int:
     chat = session.get(Chat, chat_id)
     if chat is None or not chat.digest_enabled or chat.next_digest_at is None:
         return 0
@@ -218,7 +261,11 @@ def _queue_group(session: Session, chat_id: int, *, now: datetime, policy: Diges
     # day the digest was first due (one digest catches up, under the date it covers).
     day = digest_day(at, zone, until=now)
     title = f"Top stories — {day.strftime('%a %d %b %Y')}"
-    parts = group_digest_parts(session, now=now, size=policy.group_size, title=title)
+    if not composed:
+        composed.append(group_digest_content(session, now=now, size=policy.group_size))
+    parts = group_digest_parts(
+        session, now=now, size=policy.group_size, title=title, content=composed[0]
+    )
     queued = 0
     if parts:
         queued = enqueue(

@@ -252,3 +252,12 @@ async def test_a_story_with_news_inside_the_window_is_followed(api, settings):
         story = _old_story(services_of(app).engine, "Election night in Nara", days=1)
         replies = await say(api, USER, f"/follow {story}")
     assert replies[0].startswith("Following Election night in Nara")
+
+
+async def test_top_shows_the_counts_it_ranks_by(api, settings):
+    """/top ranks by the last 24 hours; it showed lifetime counts, so its order looked wrong."""
+    async with running_bot(settings) as app:
+        engine = services_of(app).engine
+        make_story(engine, "Storm hits coast", titles=("Storm hits coast", "Storm moves inland"))
+        replies = await say(api, USER, "/top")
+    assert "2 articles from 1 source in 24 h (2 in all)" in replies[0], replies[0]

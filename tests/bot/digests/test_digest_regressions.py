@@ -235,3 +235,27 @@ def test_a_settings_change_while_the_digest_is_queued_is_not_overwritten(engine,
     setting = svc.digest_setting(engine, GROUP)
     assert setting is not None and not setting.enabled and setting.next_at is None
     assert _group_digests(engine) == []
+
+
+def test_the_group_digest_counts_all_the_days_outlets_not_the_ten_it_lists(engine):
+    add_articles(engine, _story(engine, "Storm hits coast", T), 30, T - timedelta(hours=1))
+    svc.change_digest(engine, GROUP, enabled=True, time_text="06:30", now=T)
+    assert queue_group_digests(engine, now=T + timedelta(minutes=30), policy=POLICY) == 1
+    [row] = outbox_rows(engine)
+    assert "30 sources:" in row.text and "+27" in row.text, row.text
+
+
+def test_the_top_stories_are_composed_once_for_all_groups_due_together(engine, monkeypatch):
+    import bot.digests.queue as queue
+
+    add_articles(engine, _story(engine, "Storm hits coast", T), 3, T)
+    with session_scope(engine) as session:
+        for chat_id in (-101, -102, -103):
+            upsert_chat(chat_id, session=session, type="group", title="G", username=None, now=T)
+    for chat_id in (GROUP, -101, -102, -103):
+        svc.change_digest(engine, chat_id, enabled=True, time_text="06:30", now=T)
+    calls = []
+    coverage = queue.top_story_coverage
+    monkeypatch.setattr(queue, "top_story_coverage", lambda **kw: calls.append(1) or coverage(**kw))
+    assert queue_group_digests(engine, now=T + timedelta(minutes=30), policy=POLICY) == 4
+    assert len(calls) == 1
