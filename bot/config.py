@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     delivery_tick_seconds: float = Field(default=5, ge=0.05, le=3600)
     rate_limit_max_retries: int = Field(default=2, ge=0, le=10)
 
-    story_window_hours: int = Field(default=48, ge=1, le=24 * 30)
+    # at least a day: /top and the group digest offer Follow for any story with news in 24 h
+    story_window_hours: int = Field(default=48, ge=24, le=24 * 30)
     digest_quiet_minutes: int = Field(default=10, ge=0, le=24 * 60)
     digest_max_wait_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     group_digest_size: int = Field(default=5, ge=1, le=20)

@@ -322,3 +322,11 @@ def test_webhook_mode_without_the_webhook_server_installed_is_one_line(env, caps
     assert main(["run"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "python-telegram-bot[webhooks]" in err[0], err
+
+
+def test_a_story_window_shorter_than_the_top_stories_day_is_refused():
+    """/top and the group digest list a day's stories with Follow buttons; with a 12 h window
+    following one of them would answer 'this story has ended'."""
+    with pytest.raises(SettingsError, match="STORY_WINDOW_HOURS"):
+        load_settings(_env_file=None, story_window_hours=12)
+    assert load_settings(_env_file=None, story_window_hours=24).story_window_hours == 24
