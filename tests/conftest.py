@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -24,15 +25,21 @@ DB_KINDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
-def _pg_engine_in_fresh_schema() -> tuple[Engine, Engine, str]:
+@contextmanager
+def pg_schema_url(prefix: str = "t") -> Iterator[str]:
+    """A DATABASE_URL for a throwaway PostgreSQL schema, dropped afterwards."""
     assert PG_URL
     admin = make_engine(PG_URL)
-    schema = f"t_{uuid.uuid4().hex[:16]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:16]}"
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in PG_URL else "?"
-    engine = make_engine(f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}")
-    return admin, engine, schema
+    try:
+        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(params=DB_KINDS)
@@ -44,15 +51,13 @@ def db_engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:  # 
         yield engine
         engine.dispose()
         return
-    admin, engine, schema = _pg_engine_in_fresh_schema()
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema_url() as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture

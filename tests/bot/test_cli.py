@@ -9,20 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bot.cli import main
 from tests.conftest import T0
 from tests.fakes.feeds import Item, rss
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """A private data directory and database, and no .env from the developer's checkout."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
-    return tmp_path
 
 
 def _serve_two_feeds(feed_server) -> list[str]:  # type: ignore[no-untyped-def]

@@ -27,15 +27,6 @@ IOS_B = "Apple releases iOS 7.1 with CarPlay support"
 PLANE = "Malaysia Airlines jet missing over South China Sea"
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """A private working directory, and no .env from the developer's checkout."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
-    return tmp_path
-
-
 def _line(id_: object, title: object, published: object = "2014-03-10T10:00:00Z", **extra) -> str:  # type: ignore[no-untyped-def]
     return json.dumps({"id": id_, "title": title, "published": published, **extra})
 

@@ -7,10 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -23,7 +21,7 @@ from bot.feeds.opml import read_feed_list
 from store.db import make_engine
 from store.leases import lease_holder
 from store.migrate import current_revision, upgrade
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, pg_schema_url
 from tests.e2e.harness import e2e_settings, running_bot, services_of
 from tests.fakes.bot_api import FakeBotApi
 
@@ -36,30 +34,6 @@ OPML = (
 TS = "2026-03-10 12:00:00.000000"
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """A private database and working directory, no token, no developer .env."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
-    return tmp_path
-
-
-def _pg_schema_url() -> Iterator[str]:
-    assert PG_URL
-    admin = make_engine(PG_URL)
-    schema = f"op_{uuid.uuid4().hex[:16]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_database_url(request, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A database with no schema yet: a SQLite file, or a throwaway PostgreSQL schema."""
@@ -68,7 +42,8 @@ def empty_database_url(request, tmp_path) -> Iterator[str]:  # type: ignore[no-u
         return
     if not PG_URL:
         pytest.skip("STORYWIRE_TEST_DATABASE_URL is not set")
-    yield from _pg_schema_url()
+    with pg_schema_url("op") as url:
+        yield url
 
 
 # --- migrations ---------------------------------------------------------------------------------
@@ -114,7 +89,7 @@ def test_processes_migrating_one_postgresql_database_at_once_all_start():
         "import sys; from store.db import make_engine; from store.migrate import upgrade; "
         "upgrade(make_engine(sys.argv[1]))"
     )
-    for url in _pg_schema_url():
+    with pg_schema_url("op") as url:
         processes = [
             subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
             for _ in range(6)
