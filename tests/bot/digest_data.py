@@ -8,8 +8,19 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from store.articles import NewArticle, insert_articles
+from store.chats import upsert_chat
 from store.db import session_scope
 from store.models import Article, OutboxMessage, Story
+
+USER, GROUP = 7, -100  # a private chat and a group
+
+
+def with_user_and_group(engine: Engine, at: datetime) -> Engine:
+    """The database with the USER and GROUP chats recorded at `at`."""
+    with session_scope(engine) as session:
+        upsert_chat(USER, session=session, type="private", title=None, username=None, now=at)
+        upsert_chat(GROUP, session=session, type="group", title="G", username=None, now=at)
+    return engine
 
 
 def add_articles(

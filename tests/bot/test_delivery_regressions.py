@@ -22,19 +22,15 @@ from store.follows import pending_follows
 from store.models import Chat, OutboxMessage
 from store.outbox import OutgoingPart, enqueue
 from store.stories import create_story
-from tests.bot.digest_data import add_articles, outbox_rows
+from tests.bot.digest_data import GROUP, USER, add_articles, outbox_rows, with_user_and_group
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 POLICY = DigestPolicy(debounce=Debounce(quiet=timedelta(minutes=10)), group_size=3)
-USER, GROUP = 7, -100
 
 
 @pytest.fixture
 def engine(db_engine):  # type: ignore[no-untyped-def]
-    with session_scope(db_engine) as session:
-        upsert_chat(USER, session=session, type="private", title=None, username=None, now=T)
-        upsert_chat(GROUP, session=session, type="group", title="G", username=None, now=T)
-    return db_engine
+    return with_user_and_group(db_engine, T)
 
 
 def _story(engine, at: datetime = T) -> int:  # type: ignore[no-untyped-def]

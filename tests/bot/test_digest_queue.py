@@ -11,17 +11,15 @@ import pytest
 from bot import following as svc
 from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
 from bot.digests.schedule import Debounce
-from store.chats import upsert_chat
 from store.db import session_scope
 from store.follows import get_follow, mute_follow
 from store.models import Chat
 from store.stories import create_story
-from tests.bot.digest_data import add_articles, outbox_rows
+from tests.bot.digest_data import GROUP, USER, add_articles, outbox_rows, with_user_and_group
 
 POLICY = DigestPolicy(
     debounce=Debounce(quiet=timedelta(minutes=10), max_wait=timedelta(minutes=60)), group_size=3
 )
-USER, GROUP = 7, -100
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
@@ -32,10 +30,7 @@ def _story(engine, headline: str, at: datetime) -> int:  # type: ignore[no-untyp
 
 @pytest.fixture
 def engine(db_engine):  # type: ignore[no-untyped-def]
-    with session_scope(db_engine) as session:
-        upsert_chat(USER, session=session, type="private", title=None, username=None, now=T)
-        upsert_chat(GROUP, session=session, type="group", title="G", username=None, now=T)
-    return db_engine
+    return with_user_and_group(db_engine, T)
 
 
 def test_a_burst_of_articles_is_one_digest_after_the_quiet_period(engine):

@@ -16,21 +16,17 @@ from store.chats import upsert_chat
 from store.db import session_scope
 from store.models import Article, Chat, Story
 from store.stories import create_story
-from tests.bot.digest_data import add_articles, outbox_rows
+from tests.bot.digest_data import GROUP, USER, add_articles, outbox_rows, with_user_and_group
 
 POLICY = DigestPolicy(
     debounce=Debounce(quiet=timedelta(minutes=10), max_wait=timedelta(minutes=60)), group_size=3
 )
-USER, GROUP = 7, -100
 T = datetime(2026, 3, 10, 6, 0, tzinfo=UTC)  # a Tuesday
 
 
 @pytest.fixture
 def engine(db_engine: Engine) -> Engine:
-    with session_scope(db_engine) as session:
-        upsert_chat(USER, session=session, type="private", title=None, username=None, now=T)
-        upsert_chat(GROUP, session=session, type="group", title="G", username=None, now=T)
-    return db_engine
+    return with_user_and_group(db_engine, T)
 
 
 def _story(engine: Engine, headline: str, at: datetime) -> int:
