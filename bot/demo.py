@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from bot import following
 from bot.config import Settings
 from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
-from bot.digests.render import render_plain
+from bot.digests.render import plural, render_plain
 from bot.feeds.fetch import FetchLimits, make_http_client
 from bot.feeds.poller import FeedPoller, PollPolicy
 from bot.samples import START, SampleArticle, load
@@ -156,10 +156,6 @@ class TerminalChat:
         return sent
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else many or one + 's'}"
-
-
 async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     """Run the demo; returns the number of messages printed."""
     articles = load()
@@ -214,8 +210,8 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
                 )
                 out(
                     f"\n· {clock.now:%a %d %b %H:%M} UTC: "
-                    f"{_count(summary.new_articles, 'new article')}, {len(matched)} matched, "
-                    f"{_count(stories.matcher.active_count, 'active story', 'active stories')}"
+                    f"{plural(summary.new_articles, 'new article')}, {len(matched)} matched, "
+                    f"{plural(stories.matcher.active_count, 'active story', 'active stories')}"
                 )
                 if not followed and clock.now - START >= FOLLOW_AT:
                     followed = True

@@ -7,6 +7,7 @@ from telegram.ext import Application, CommandHandler
 
 from bot import following as svc
 from bot.app import StorywireContext
+from bot.digests.render import plural
 from handlers.common import (
     argument_text,
     esc,
@@ -22,16 +23,12 @@ TOP_DEFAULT, TOP_MAX = 5, 10
 def card_line(number: int, card: svc.StoryCard) -> str:
     if card.day_articles is not None:  # /top: ranked by the last 24 hours, so show those
         counts = (
-            f"{_plural(card.day_articles, 'article')} from {_plural(card.day_sources or 0, 'source')}"
+            f"{plural(card.day_articles, 'article')} from {plural(card.day_sources or 0, 'source')}"
             f" in 24 h ({card.article_count} in all)"
         )
     else:
-        counts = f"{_plural(card.article_count, 'article')}, {_plural(card.source_count, 'source')}"
+        counts = f"{plural(card.article_count, 'article')}, {plural(card.source_count, 'source')}"
     return f"<b>{number}.</b> {esc(card.headline)}\n    {counts} · /story {card.id}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def follow_keyboard(cards: list[svc.StoryCard]) -> InlineKeyboardMarkup | None:

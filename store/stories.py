@@ -196,11 +196,6 @@ def top_story_coverage(
     return [StoryCoverage(story, articles, sources) for story, articles, sources in rows]
 
 
-def top_stories(*, session: Session, since: datetime, limit: int = 10) -> Sequence[Story]:
-    """The stories of `top_story_coverage`, in its order."""
-    return [c.story for c in top_story_coverage(session=session, since=since, limit=limit)]
-
-
 def stories_updated_since(*, session: Session, since: datetime) -> Sequence[Story]:
     return session.exec(
         select(Story)

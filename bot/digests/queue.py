@@ -192,16 +192,8 @@ def group_digest_content(session: Session, *, now: datetime, size: int) -> Group
     )
 
 
-def group_digest_parts(
-    session: Session,
-    *,
-    now: datetime,
-    size: int,
-    title: str,
-    content: GroupDigestContent | None = None,
-) -> list[OutgoingPart]:
-    """The group digest's message parts; `content` when the caller composed it already."""
-    content = content or group_digest_content(session, now=now, size=size)
+def group_digest_parts(content: GroupDigestContent, *, title: str) -> list[OutgoingPart]:
+    """The group digest's message parts, under the group's own title (its local date)."""
     if not content.story_ids:
         return []
     chunks = render_group_digest(content.digests, title=title)
@@ -263,9 +255,7 @@ def _queue_group(
     title = f"Top stories — {day.strftime('%a %d %b %Y')}"
     if not composed:
         composed.append(group_digest_content(session, now=now, size=policy.group_size))
-    parts = group_digest_parts(
-        session, now=now, size=policy.group_size, title=title, content=composed[0]
-    )
+    parts = group_digest_parts(composed[0], title=title)
     queued = 0
     if parts:
         queued = enqueue(

@@ -104,8 +104,9 @@ def _source(ref: SourceRef) -> str:
     return f"[{ref.number}] {_link(ref.outlet, ref.url)}"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 article', '2 articles'; `many` for the irregular ('stories')."""
+    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
 
 
 def _atoms(piece: str, limit: int) -> list[_Atom]:
@@ -220,7 +221,7 @@ def render_story_digest(digest: StoryDigest) -> list[str]:
         (
             [
                 f"<b>{_text(_clip(digest.headline, HEADLINE_LIMIT))}</b>",
-                f"Updated ({_plural(digest.new_count, 'new article')})",
+                f"Updated ({plural(digest.new_count, 'new article')})",
             ],
             "\n",
         )
@@ -228,7 +229,7 @@ def render_story_digest(digest: StoryDigest) -> list[str]:
     if digest.sentences:
         paragraphs.append(([_sentence(s) for s in digest.sentences], " "))
     if digest.sources:
-        intro = f"Sources ({_plural(digest.outlet_count, 'outlet')}):"
+        intro = f"Sources ({plural(digest.outlet_count, 'outlet')}):"
         items = [_source(r) for r in digest.sources]
         unlisted = digest.new_count - len(digest.sources)
         if unlisted > 0:
@@ -249,7 +250,7 @@ def _group_story(n: int, digest: StoryDigest) -> list[str]:
     more = len(digest.sources) - len(shown) + max(digest.new_count - len(digest.sources), 0)
     if more > 0:
         links += f" · +{more}"
-    count = _plural(digest.outlet_count, "source")
+    count = plural(digest.outlet_count, "source")
     lines.append(f"{count}: {links} · /story {digest.story_id}" if links else count)
     return lines
 
