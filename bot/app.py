@@ -315,11 +315,21 @@ async def _on_error(update: object, context: StorywireContext) -> None:
         context.error,
         exc_info=context.error,
     )
-    if isinstance(update, Update) and update.effective_message is not None:
+    if not isinstance(update, Update):
+        return
+    sorry = "Sorry, something went wrong on our side. Please try again in a minute."
+    if update.callback_query is not None:
+        # A button press: the answer is the reply, and it stops the button's spinner, which
+        # otherwise turns until Telegram gives up on it. A press already answered, or too old to
+        # answer, is told in the chat instead.
         try:
-            await update.effective_message.reply_text(
-                "Sorry, something went wrong on our side. Please try again in a minute."
-            )
+            await update.callback_query.answer(sorry)
+            return
+        except Exception:  # noqa: BLE001 - the error handler must never raise
+            log.info("could not answer the failed button press in chat %s", chat_id)
+    if update.effective_message is not None:
+        try:
+            await update.effective_message.reply_text(sorry)
         except Exception:  # noqa: BLE001 - the error handler must never raise
             log.warning("could not tell chat %s about the error", chat_id)
 

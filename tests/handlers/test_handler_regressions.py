@@ -261,3 +261,35 @@ async def test_top_shows_the_counts_it_ranks_by(api, settings):
         make_story(engine, "Storm hits coast", titles=("Storm hits coast", "Storm moves inland"))
         replies = await say(api, USER, "/top")
     assert "2 articles from 1 source in 24 h (2 in all)" in replies[0], replies[0]
+
+
+async def _press_failing_button(api, monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Press a Follow button whose handler fails; the chat's messages after the press."""
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr("bot.following.follow_story_id", broken)
+    before = len(api.sent_to(USER))
+    await api.inject_callback(USER, "fol:1")
+    return [m.plain_text for m in api.sent_to(USER)[before:]]
+
+
+async def test_a_failing_button_is_answered_so_its_spinner_stops(api, settings, monkeypatch):
+    async with running_bot(settings):
+        await say(api, USER, "/start")
+        await _press_failing_button(api, monkeypatch)
+        await api.wait_for(lambda: len(api.callback_answers) == 1)
+        after = await say(api, USER, "/start")
+    assert SORRY in (api.callback_answers[0].get("text") or "")
+    assert not any(SORRY in t for t in after)  # the answer was the reply: no chat message too
+
+
+async def test_a_failing_button_too_old_to_answer_is_told_in_the_chat(api, settings, monkeypatch):
+    async with running_bot(settings):
+        await say(api, USER, "/start")
+        api.fail("answerCallbackQuery", 400, QUERY_TOO_OLD)
+        before = len(api.sent_to(USER))
+        await _press_failing_button(api, monkeypatch)
+        await api.wait_for_messages(before + 1, chat_id=USER)
+    assert SORRY in api.sent_to(USER)[before].plain_text
