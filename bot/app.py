@@ -41,7 +41,7 @@ from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
 from bot.following import follow_matching_topics
 from bot.leases import renewing
 from bot.stories.service import StoryService
-from store.db import make_engine, session_scope
+from store.db import DatabaseClock, make_engine, session_scope
 from store.leases import LeaseTake, process_holder, release_lease, take_lease
 from store.migrate import upgrade
 from store.models import Chat, Feed
@@ -136,8 +136,8 @@ def build_application(
             group_size=settings.group_digest_size,
         ),
     )
-    if clock is not None:
-        services.clock = clock
+    # Tests pass their own clock; a real run keeps the database's time (see DatabaseClock).
+    services.clock = clock if clock is not None else DatabaseClock(services.engine)
     application.bot_data["services"] = services
     register(application)
     application.add_error_handler(_on_error)
@@ -147,12 +147,16 @@ def build_application(
     jobs.run_repeating(
         delivery_tick, interval=settings.delivery_tick_seconds, first=1, name="delivery"
     )
+    if isinstance(services.clock, DatabaseClock):
+        interval = CLOCK_SYNC_INTERVAL.total_seconds()
+        jobs.run_repeating(clock_tick, interval=interval, first=interval, name="clock")
     return application
 
 
 async def _post_init(application: Application) -> None:
     services: Services = application.bot_data["services"]
     await asyncio.to_thread(upgrade, services.engine)
+    await sync_clock(services)
     services.http = make_http_client(poll_policy(services.settings).limits)
     services.parsers = parser_pool(services.settings.parse_processes)
     # Not rebuilt here: assign_and_notify rebuilds it when it first takes the matcher lease.
@@ -184,6 +188,33 @@ async def _post_shutdown(application: Application) -> None:
     if services.parsers is not None:
         services.parsers.shutdown(cancel_futures=True)
     services.engine.dispose()
+
+
+CLOCK_SYNC_INTERVAL = timedelta(minutes=10)
+CLOCK_SKEW_WARNING = timedelta(seconds=2)
+
+
+async def sync_clock(services: Services) -> None:
+    """Measure how far this machine's clock is from the database's; warn when it is far."""
+    clock = services.clock
+    if not isinstance(clock, DatabaseClock):
+        return
+    try:
+        offset = await asyncio.to_thread(clock.sync)
+    except Exception:  # noqa: BLE001 - keep the last offset; the next sync tries again
+        log.warning("could not read the database's clock; keeping the last offset", exc_info=True)
+        return
+    if abs(offset) >= CLOCK_SKEW_WARNING:
+        log.warning(
+            "this machine's clock is %.1f s %s the database's; using the database's time "
+            "(is NTP running here?)",
+            abs(offset.total_seconds()),
+            "behind" if offset > timedelta(0) else "ahead of",
+        )
+
+
+async def clock_tick(context: StorywireContext) -> None:
+    await sync_clock(context.services)
 
 
 MATCHER_LEASE = "matcher"

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -229,8 +229,11 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
 
     from bot.feeds.fetch import make_http_client
     from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
+    from store.db import DatabaseClock
 
     policy = poll_policy(settings)
+    clock = DatabaseClock(engine)  # the leases it takes are compared with a running bot's
+    await asyncio.to_thread(clock.sync)
     bar: tqdm | None = None
 
     def on_start(total: int) -> None:
@@ -244,7 +247,7 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
     parsers = parser_pool(settings.parse_processes)
     try:
         async with make_http_client(policy.limits) as client:
-            poller = FeedPoller(engine, client, policy, parsers=parsers)
+            poller = FeedPoller(engine, client, policy, clock=clock, parsers=parsers)
             summary = await poller.poll_due(on_start=on_start, on_feed_done=on_done)
     finally:
         if parsers is not None:
@@ -253,7 +256,7 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
         bar.close()
     if summary.skipped_lease:
         raise CommandError("another Storywire process is polling right now; try again later")
-    assigned = await assign_pending_stories(settings, engine)
+    assigned = await assign_pending_stories(settings, engine, clock=clock)
     if assigned is None:
         print(summary.line() + ", articles left to the running instance to match")
     else:
@@ -263,7 +266,9 @@ async def _poll_once(settings: Settings, engine: Engine, *, progress: bool) -> i
     return 0
 
 
-async def assign_pending_stories(settings: Settings, engine: Engine) -> int | None:
+async def assign_pending_stories(
+    settings: Settings, engine: Engine, *, clock: Callable[[], datetime] = _now
+) -> int | None:
     """Match every stored article that has no story yet; returns how many were matched.
 
     None when another process (a running bot) holds the matcher lease: it matches them from its
@@ -275,12 +280,12 @@ async def assign_pending_stories(settings: Settings, engine: Engine) -> int | No
 
     holder = process_holder()
     lease = (engine, MATCHER_LEASE, holder)
-    if not await asyncio.to_thread(acquire_lease, *lease, ttl=MATCHER_LEASE_TTL, now=_now()):
+    if not await asyncio.to_thread(acquire_lease, *lease, ttl=MATCHER_LEASE_TTL, now=clock()):
         return None
     try:
-        async with renewing(*lease, ttl=MATCHER_LEASE_TTL, clock=_now):
+        async with renewing(*lease, ttl=MATCHER_LEASE_TTL, clock=clock):
             service = await asyncio.to_thread(
-                StoryService.open, engine, window_hours=settings.story_window_hours
+                StoryService.open, engine, window_hours=settings.story_window_hours, clock=clock
             )
             return len(await asyncio.to_thread(service.assign_pending))
     finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -76,3 +77,49 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DatabaseClock:
+    """The database server's time: this machine's clock plus a measured offset.
+
+    Instances sharing one PostgreSQL compare times they each wrote (lease and claim expiries,
+    due digests). Read from their own clocks, a machine running 20 s fast would see another's
+    30 s sender lease as lapsed after 10 s and take it over while that one is still sending.
+    Read from the database's clock they agree, however far off the machines are. The offset is
+    measured with `sync` (at start and now and then) rather than asked per call, which would cost
+    a round trip for every timestamp. On SQLite the database's clock is this machine's.
+    """
+
+    # a sync whose round trip takes longer than this says little about the offset: keep the last
+    _MAX_ROUND_TRIP = timedelta(seconds=2)
+
+    def __init__(self, engine: Engine, *, local: Callable[[], datetime] = _utc_now) -> None:
+        self._engine = engine
+        self._local = local
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return self._local() + self.offset
+
+    def sync(self) -> timedelta:
+        """Measure the offset (database minus this machine) and use it from now on."""
+        if is_sqlite(self._engine):
+            query = sa.text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+        else:
+            query = sa.select(sa.func.clock_timestamp())
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))  # a fresh pooled connection is ready before timing
+            before = self._local()
+            value = conn.execute(query).scalar_one()
+            after = self._local()
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if after - before <= self._MAX_ROUND_TRIP:
+            self.offset = value - (before + (after - before) / 2)
+        return self.offset

@@ -305,3 +305,25 @@ def test_a_story_window_shorter_than_the_top_stories_day_is_refused():
     with pytest.raises(SettingsError, match="STORY_WINDOW_HOURS"):
         load_settings(_env_file=None, story_window_hours=12)
     assert load_settings(_env_file=None, story_window_hours=24).story_window_hours == 24
+
+
+async def test_a_machine_clock_far_from_the_database_is_corrected_and_reported(db_engine, caplog):
+    from bot.app import Services, sync_clock
+    from store.db import DatabaseClock
+
+    clock = DatabaseClock(db_engine, local=lambda: datetime.now(UTC) - timedelta(seconds=45))
+    services = Services(settings=e2e_settings("http://127.0.0.1:9", "sqlite://"), engine=db_engine)
+    services.clock = clock
+    with caplog.at_level("WARNING", logger="bot.app"):
+        await sync_clock(services)
+    assert abs((services.now() - datetime.now(UTC)).total_seconds()) < 1
+    assert "45.0 s behind the database's" in caplog.text
+
+
+async def test_a_running_bot_keeps_the_database_clock(api, tmp_path):
+    from store.db import DatabaseClock
+
+    settings = e2e_settings(api.url, f"sqlite:///{tmp_path / 'clock.db'}")
+    async with running_bot(settings, clock=None) as app:
+        assert isinstance(services_of(app).clock, DatabaseClock)
+        assert abs((services_of(app).now() - datetime.now(UTC)).total_seconds()) < 1

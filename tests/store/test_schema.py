@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from store.articles import NewArticle, insert_articles
-from store.db import session_scope
+from store.db import DatabaseClock, session_scope
 from store.feeds import FeedExists, add_feed, due_feeds
 from store.leases import LeaseTake, acquire_lease, lease_holder, release_lease, take_lease
 from store.migrate import current_revision, upgrade
@@ -144,3 +144,30 @@ def test_two_processes_with_one_host_name_and_pid_are_different_holders(monkeypa
     monkeypatch.setattr(leases, "_PROCESS_TOKEN", "another")  # a second container, also pid 1
     assert leases.process_holder() != first
     assert len(first) <= 100  # the holder column
+
+
+def _skewed(seconds: float):  # type: ignore[no-untyped-def]
+    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def test_the_database_clock_corrects_a_machine_clock_that_is_off(db_engine):
+    clock = DatabaseClock(db_engine, local=_skewed(-90))
+    offset = clock.sync()
+    # the database runs on this machine's true clock: the offset undoes the 90 s skew
+    assert abs(offset.total_seconds() - 90) < 1
+    assert abs((clock() - datetime.now(UTC)).total_seconds()) < 1
+
+
+def test_instances_with_skewed_clocks_agree_on_a_lease(db_engine):
+    """A machine 20 s fast saw the 30 s lease of one 20 s slow as lapsed on the spot."""
+    ttl = timedelta(seconds=30)
+    slow, fast = _skewed(-20), _skewed(+20)
+    assert acquire_lease(db_engine, "sender", "slow", ttl=ttl, now=slow())
+    assert acquire_lease(db_engine, "sender", "fast", ttl=ttl, now=fast())  # the bug: both hold it
+
+    release_lease(db_engine, "sender", "fast")
+    slow_db, fast_db = DatabaseClock(db_engine, local=slow), DatabaseClock(db_engine, local=fast)
+    slow_db.sync()
+    fast_db.sync()
+    assert acquire_lease(db_engine, "sender", "slow", ttl=ttl, now=slow_db())
+    assert not acquire_lease(db_engine, "sender", "fast", ttl=ttl, now=fast_db())
