@@ -3,6 +3,7 @@ same entry polled twice, or the same URL seen in two feeds, is stored once even 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from store.models import Article
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,31 @@ def insert_articles(
     inserted: dict[str, int] = {}
     # One row per statement keeps RETURNING unambiguous when a batch holds internal duplicates.
     stmt = _insert_ignoring_duplicates(dialect).returning(table.c.id, table.c.entry_key)
-    for row in rows:
-        got = session.execute(stmt, row).first()
-        if got is not None:
-            inserted[got.entry_key] = got.id
+    try:
+        with session.begin_nested():
+            for row in rows:
+                got = session.execute(stmt, row).first()
+                if got is not None:
+                    inserted[got.entry_key] = got.id
+    except (sa.exc.IntegrityError, sa.exc.DataError):
+        # The database refused a row (a value it cannot store). Rolled back together, the rows
+        # it could store would be lost too, and the same refusal would fail the feed every poll
+        # until it is disabled: store them one by one instead, and name the one left out.
+        inserted.clear()
+        for row in rows:
+            try:
+                with session.begin_nested():
+                    got = session.execute(stmt, row).first()
+            except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+                log.warning(
+                    "feed %s: the database refused entry %r (%s); it is left out",
+                    feed_id,
+                    row["entry_key"][:200],
+                    str(exc.orig).splitlines()[0][:200],
+                )
+                continue
+            if got is not None:
+                inserted[got.entry_key] = got.id
     return [inserted[r["entry_key"]] for r in rows if r["entry_key"] in inserted]
 
 

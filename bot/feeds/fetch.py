@@ -111,6 +111,22 @@ def _http_error(status: int) -> str:
     return f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".strip()
 
 
+# The columns that keep them (store.models.Feed): a longer value would fail the feed's whole
+# transaction on PostgreSQL, so it is not kept.
+ETAG_MAX, LAST_MODIFIED_MAX = 512, 128
+
+
+def usable_validator(value: str | None, limit: int) -> str | None:
+    """A validator worth storing and sending back, or None.
+
+    Only printable ASCII can go back in a request header (httpx refuses anything else, so a
+    stored "café" would fail every later poll before it is sent), and only what fits its column.
+    Without one the feed is fetched whole each time: slower, never wrong."""
+    if not value or len(value) > limit or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
@@ -166,6 +182,8 @@ async def _fetch(
     limits: FetchLimits,
 ) -> FetchResult:
     headers = {}
+    etag = usable_validator(etag, ETAG_MAX)
+    last_modified = usable_validator(last_modified, LAST_MODIFIED_MAX)
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
@@ -225,18 +243,6 @@ def _scheme(url: str) -> str:
         return ""
 
 
-def _unchanged(response: httpx.Response, sent: tuple[str | None, str | None]) -> bool:
-    """An empty 200 means "not modified" when we sent a validator and it did not change."""
-    etag, last_modified = sent
-    if not (etag or last_modified):
-        return False
-    new_etag = response.headers.get("etag")
-    new_modified = response.headers.get("last-modified")
-    if etag and new_etag and new_etag != etag:
-        return False
-    return not (last_modified and new_modified and new_modified != last_modified)
-
-
 async def _finish(
     response: httpx.Response,
     url: str,
@@ -250,8 +256,8 @@ async def _finish(
     common = {"status": status, "final_url": current}
     # Only a URL that answered is worth storing: after 301 -> 404 the old URL still leads here.
     moved = current if permanent and current != url else None
-    new_etag = response.headers.get("etag")
-    new_modified = response.headers.get("last-modified")
+    new_etag = usable_validator(response.headers.get("etag"), ETAG_MAX)
+    new_modified = usable_validator(response.headers.get("last-modified"), LAST_MODIFIED_MAX)
     if status == 304:
         return FetchResult(
             FetchOutcome.NOT_MODIFIED,
@@ -298,9 +304,17 @@ async def _finish(
             error=f"unsupported Content-Encoding {str(exc)[:80]!r} (we accept {ACCEPT_ENCODING})",
             **common,
         )
-    if not body and _unchanged(response, sent):
-        # Some servers answer an unchanged feed with an empty 200 instead of a 304.
-        return FetchResult(FetchOutcome.NOT_MODIFIED, permanent_url=moved, **common)
+    if not body and (new_etag or new_modified or any(sent)):
+        # Some servers answer an unchanged feed with an empty 200 instead of a 304: from a server
+        # that speaks validators (ours or its own) it means nothing new. Its validators are kept,
+        # as a 304's are. An empty body from one that does not is an error (the parser says so).
+        return FetchResult(
+            FetchOutcome.NOT_MODIFIED,
+            etag=new_etag,
+            last_modified=new_modified,
+            permanent_url=moved,
+            **common,
+        )
     return FetchResult(
         FetchOutcome.OK,
         body=body,
@@ -329,13 +343,15 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
         return bytes(body)
     # 32 + MAX_WBITS detects a gzip or zlib header; some servers send raw deflate for "deflate".
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-    first = True
+    first, members = True, 1
     async for raw in response.aiter_raw():
         data = raw
         while data:
             try:
                 out = inflater.decompress(data, cap + 1 - len(body))
             except zlib.error:
+                if members > 1:
+                    return bytes(body)  # bytes after the last gzip member: padding, not data
                 if not (first and encoding == "deflate"):
                     raise
                 inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -344,5 +360,13 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
             body += out
             if len(body) > cap:
                 raise _TooLarge
-            data = inflater.unconsumed_tail
+            if inflater.eof:
+                # A gzip body may be several members one after another (RFC 1952, 2.2), as from
+                # a server that compresses a feed in pieces: go on with the next.
+                data = inflater.unused_data
+                if data:
+                    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                    members += 1
+            else:
+                data = inflater.unconsumed_tail
     return bytes(body)

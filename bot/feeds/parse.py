@@ -43,6 +43,9 @@ class NotAFeed(ValueError):
 class ParsedEntry:
     entry_key: str
     url: str
+    # the link as the article's identity (unique across feeds and polls), or "" when the link
+    # names no one item: a site's home page, or a page several items of this feed share
+    canonical: str
     title: str
     summary: str
     published: datetime
@@ -122,13 +125,28 @@ def _when(entry: feedparser.FeedParserDict, fetched_at: datetime) -> datetime:
     return fetched_at
 
 
-def _entry_key(entry: feedparser.FeedParserDict, title: str, summary: str) -> str:
+def _entry_key(
+    entry: feedparser.FeedParserDict, title: str, summary: str, sites: frozenset[str]
+) -> str:
     for key in ("id", "link"):
         value = entry.get(key)
         if isinstance(value, str) and value.strip():
+            if _is_web_url(value) and _names_a_site(canonical_url(value), sites):
+                continue  # every item may carry it: it cannot tell them apart, poll after poll
             return _CONTROL.sub("", value.strip())[:1024]
     stamp = entry.get("published") or entry.get("updated") or ""
     return _digest(f"{title}\x1f{stamp}" if stamp else f"{title}\x1f{summary}")
+
+
+def _names_a_site(link: str, sites: frozenset[str]) -> bool:
+    """A (canonical) link to the feed itself, its site, or a home page: not to one item."""
+    if link in sites:
+        return True
+    try:
+        parts = urlsplit(link)
+    except ValueError:
+        return False
+    return parts.path in ("", "/") and not parts.query and not parts.fragment
 
 
 def _digest(text: str) -> str:
@@ -196,6 +214,10 @@ def parse_feed(
     seen: set[str] = set()
     skipped = 0
     items = []
+    feed = parsed.get("feed", {})
+    site_url = feed.get("link") or ""
+    site_url = canonical_url(site_url) if _is_web_url(site_url) else ""
+    sites = frozenset(filter(None, (canonical_url(url) if _is_web_url(url) else "", site_url)))
     for entry in parsed.entries:
         summary = clean_text(
             entry.get("summary") or entry.get("description") or "", limit=SUMMARY_LIMIT
@@ -214,14 +236,25 @@ def parse_feed(
         anchor = _anchor(raw_link) if link else ""
         if anchor:
             link = f"{link}#{anchor}"
-        items.append((entry, title, summary, link, _entry_key(entry, title, summary)))
+        items.append((entry, title, summary, link, _entry_key(entry, title, summary, sites)))
     # Some feeds give every item the same <guid> (often the site's address). The guid then cannot
     # tell items apart, and keying on it alone would keep only the first: such items are keyed by
     # guid and link (or title) instead. Items that agree on all of it are one item repeated.
     variants: dict[str, set[tuple[str, str]]] = {}
     for _, title, _, link, key in items:
         variants.setdefault(key, set()).add((link, "" if link else title))
+    # A link is an article's identity across feeds and polls (one URL, one article) unless it
+    # names no one item: a home page every item links to, or one page that items with other
+    # keys and other titles share (a podcast's show page). Those items are told apart by key.
+    shared: dict[str, set[tuple[str, str]]] = {}
+    for _, title, _, link, key in items:
+        if link:
+            shared.setdefault(link, set()).add((key, title))
     for entry, title, summary, link, key in items:
+        others = shared.get(link, ())
+        identifies = bool(link) and not _names_a_site(link, sites)
+        if identifies and len({k for k, _ in others}) > 1 and len({t for _, t in others}) > 1:
+            identifies = False
         if len(variants[key]) > 1:
             key = f"{key[:900]}\x1f{link or _digest(title)}"[:1024]
         if key in seen:
@@ -232,6 +265,7 @@ def parse_feed(
             ParsedEntry(
                 entry_key=key,
                 url=link,
+                canonical=link if identifies else "",
                 title=title,
                 summary=summary,
                 published=_when(entry, fetched_at),
@@ -241,11 +275,9 @@ def parse_feed(
                 else "",
             )
         )
-    feed = parsed.get("feed", {})
-    site_url = feed.get("link") or ""
     return ParsedFeed(
         title=clean_text(feed.get("title") or "", limit=200),
-        site_url=canonical_url(site_url) if _is_web_url(site_url) else "",
+        site_url=site_url,
         entries=tuple(entries),
         warnings=tuple(warnings),
         skipped=skipped,

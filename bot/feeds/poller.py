@@ -11,8 +11,10 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ __all__ = [
     "PollSummary",
     "FeedOutcome",
     "backoff_delay",
+    "ParserPool",
     "parser_pool",
     "poll_policy",
 ]
@@ -104,16 +107,85 @@ def poll_policy(settings: Settings) -> PollPolicy:
     )
 
 
-def parser_pool(processes: int) -> ProcessPoolExecutor | None:
-    """Worker processes for parsing feeds, or None to parse in threads (processes == 0).
+def parser_pool(processes: int) -> ParserPool | None:
+    """Worker processes for parsing feeds, or None to parse in threads (processes == 0)."""
+    if processes <= 0:
+        return None
+    return ParserPool(processes)
+
+
+class ParserPool(Executor):
+    """A process pool for parsing that replaces itself when a worker dies.
+
+    A ProcessPoolExecutor whose worker is killed (the OOM killer, a crash in a C library) is
+    broken for good: every later parse would fail, each counted as its feed's failure, until
+    every feed was disabled. Here a parse that meets a broken pool starts a new pool and is
+    tried once more there; a feed whose parse breaks the new pool too fails on its own.
 
     forkserver, not fork: the poller's process has threads (asyncio's, the database pool's).
     """
-    if processes <= 0:
-        return None
-    return ProcessPoolExecutor(
-        max_workers=processes, mp_context=multiprocessing.get_context("forkserver")
-    )
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._processes, mp_context=multiprocessing.get_context("forkserver")
+        )
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken and not self._closed:
+                log.error("a feed parser process died; starting new parser processes")
+                self._pool = self._start()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def, override]
+        outer: Future = Future()
+        self._submit(outer, functools.partial(fn, *args, **kwargs), retries=1)
+        return outer
+
+    def _submit(self, outer: Future, call: Callable[[], object], *, retries: int) -> None:
+        with self._lock:
+            pool = self._pool
+        try:
+            inner = pool.submit(call)
+        except BrokenProcessPool as exc:
+            if retries > 0:
+                self._replace(pool)
+                self._submit(outer, call, retries=retries - 1)
+            elif outer.set_running_or_notify_cancel():
+                outer.set_exception(exc)
+            return
+        except RuntimeError as exc:  # shut down
+            if outer.set_running_or_notify_cancel():
+                outer.set_exception(exc)
+            return
+
+        def done(future: Future) -> None:
+            error = None if future.cancelled() else future.exception()
+            if isinstance(error, BrokenProcessPool) and retries > 0:
+                self._replace(pool)
+                self._submit(outer, call, retries=retries - 1)
+                return
+            if not outer.set_running_or_notify_cancel():
+                return  # the caller gave up on it
+            if future.cancelled():
+                outer.set_exception(CancelledError())
+            elif error is not None:
+                outer.set_exception(error)
+            else:
+                outer.set_result(future.result())
+
+        inner.add_done_callback(done)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def backoff_delay(interval: timedelta, failures: int) -> timedelta:
@@ -133,6 +205,13 @@ class _FeedJob:
 
 
 UNCHANGED_BATCH = 100  # feeds that answered 304, recorded together
+
+
+def _new_validators(job: _FeedJob, result: FetchResult) -> bool:
+    return bool(
+        (result.etag and result.etag != job.etag)
+        or (result.last_modified and result.last_modified != job.last_modified)
+    )
 
 
 class FeedPoller:
@@ -195,7 +274,9 @@ class FeedPoller:
             gate = asyncio.Semaphore(self._policy.concurrency)
 
             async def run(job: _FeedJob) -> None:
-                async with gate, self._host_gate(job.url):
+                # The host's gate first: feeds queued behind a slow host must not hold the
+                # global slots that feeds on other hosts could use meanwhile.
+                async with self._host_gate(job.url), gate:
                     try:
                         outcome = await self._poll_one(job)
                     except Exception as exc:  # noqa: BLE001 - one feed must not end the pass
@@ -279,7 +360,11 @@ class FeedPoller:
                 parsed = await asyncio.get_running_loop().run_in_executor(self._parsers, parse)
             except NotAFeed as exc:
                 parse_error = str(exc)
-        if result.outcome is FetchOutcome.NOT_MODIFIED and not result.permanent_url:
+        if (
+            result.outcome is FetchOutcome.NOT_MODIFIED
+            and not result.permanent_url
+            and not _new_validators(job, result)
+        ):
             self._unchanged.append((job.id, fetched_at))
             if len(self._unchanged) >= UNCHANGED_BATCH:
                 await self._flush_unchanged()
@@ -346,7 +431,7 @@ class FeedPoller:
                     [
                         NewArticle(
                             entry_key=e.entry_key,
-                            canonical_url=e.url or None,
+                            canonical_url=e.canonical or None,
                             url=e.url or None,
                             title=e.title,
                             summary=e.summary,
@@ -368,7 +453,17 @@ class FeedPoller:
                 self._succeeded(feed, now)
                 for warning in parsed.warnings[:1]:
                     log.info("feed %s (%s) parsed with a warning: %s", feed.id, feed.url, warning)
+                if parsed.skipped:
+                    log.info(
+                        "feed %s (%s): skipped %d item(s) with neither a title nor any text",
+                        feed.id,
+                        feed.url,
+                        parsed.skipped,
+                    )
             elif result.outcome is FetchOutcome.NOT_MODIFIED:
+                # a 304 (or an empty 200) may name the version it stands for: ask with that next
+                feed.etag = result.etag or feed.etag
+                feed.last_modified = result.last_modified or feed.last_modified
                 self._succeeded(feed, now)
             elif result.outcome is FetchOutcome.GONE:
                 self._disable(

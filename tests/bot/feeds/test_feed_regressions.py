@@ -1,324 +1,273 @@
-"""Hostile and broken feeds found in review: each test failed before its fix."""
+"""Feed bugs an independent review found, each reproduced against loopback feeds first: items
+lost or stored twice, and healthy feeds disabled by one bad value."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import logging
+import os
+import signal
 import threading
-from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
+import time
+from collections.abc import Iterator
 
 import pytest
-from sqlmodel import select
+import sqlalchemy as sa
 from werkzeug import Request, Response
 
-from bot.app import Services, poll_tick
-from bot.config import Settings
 from bot.feeds.fetch import FetchLimits, FetchOutcome, fetch_feed, make_http_client
-from bot.feeds.parse import parse_feed
-from bot.feeds.poller import FeedPoller, PollPolicy
-from bot.stories.service import StoryService
-from store.db import session_scope
-from store.feeds import add_feed
-from store.models import Article, Chat, Feed, FeedStatus, OutboxMessage
+from bot.feeds.poller import FeedPoller, parser_pool
+from store.models import FeedStatus
+from tests.bot.test_poller import INTERVAL, Clock, _add, _articles, _feed, _policy, _poll
 from tests.conftest import T0
 from tests.fakes.feeds import Item, rss
 
-INTERVAL = timedelta(minutes=15)
-LIMITS = FetchLimits(timeout=2.0, max_bytes=64 * 1024)
-POLICY = PollPolicy(interval=INTERVAL, failure_limit=3, limits=LIMITS, per_host_concurrency=20)
-GOOD = rss([Item("Storm hits coast", "http://news.example/a", "a", T0)])
+RSS = "application/rss+xml"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
+def _serve(feed_server, path: str, bodies: list[bytes], **headers: str) -> None:  # type: ignore[no-untyped-def]
+    """Answer `path` with each body in turn, then the last one again."""
+    served = iter(bodies)
+    last: list[bytes] = []
 
-    def __call__(self):  # type: ignore[no-untyped-def]
-        return self.now
+    def handler(_request: Request) -> Response:
+        last[:] = [next(served, last[0] if last else b"")]
+        return Response(last[0], content_type=RSS, headers=headers)
 
-
-def _add(engine, url: str) -> int:  # type: ignore[no-untyped-def]
-    with session_scope(engine) as session:
-        return add_feed(url, session=session, now=T0).id
-
-
-def _titles(engine) -> list[str]:  # type: ignore[no-untyped-def]
-    with session_scope(engine) as session:
-        return [a.title for a in session.exec(select(Article).order_by(Article.id)).all()]
+    feed_server.expect_request(path).respond_with_handler(handler)
 
 
-async def _poll(engine, clock=None):  # type: ignore[no-untyped-def]
-    async with make_http_client(LIMITS) as client:
-        return await FeedPoller(engine, client, POLICY, clock=clock or Clock()).poll_due()
+# --- what is stored ----------------------------------------------------------------------------
 
 
-# 1 -------------------------------------------------------------------------------------------
-async def test_redirect_to_a_bad_punycode_host_is_a_result_not_an_exception(feed_server):
-    feed_server.expect_request("/feed").respond_with_data(
-        "", status=301, headers={"Location": "http://xn--/feed"}
-    )
-    async with make_http_client(LIMITS) as client:
-        result = await fetch_feed(
-            client, feed_server.url_for("/feed"), etag=None, last_modified=None, limits=LIMITS
-        )
-    assert result.outcome is FetchOutcome.INVALID_URL
-
-
-async def test_one_hostile_redirect_does_not_abort_the_whole_pass(db_engine, feed_server):
-    feed_server.expect_request("/good").respond_with_data(GOOD, content_type="application/rss+xml")
-    feed_server.expect_request("/bad").respond_with_data(
-        "", status=301, headers={"Location": "http://xn--/feed"}
-    )
-    _add(db_engine, feed_server.url_for("/good"))
-    bad = _add(db_engine, feed_server.url_for("/bad"))
-    summary = await _poll(db_engine)
-    assert summary.ok == 1 and summary.failed == 1
-    assert _titles(db_engine) == ["Storm hits coast"]
-    with session_scope(db_engine) as session:
-        assert session.get(Feed, bad).consecutive_failures == 1
-
-
-# 2 -------------------------------------------------------------------------------------------
-HOSTILE = (
-    b"<?xml version='1.0'?><rss version='2.0'><channel><title>T</title>"
-    b"<item><title>Bad &#0; title\x01</title><link>http://news.example/x</link></item>"
-    b"</channel></rss>"
-)
-
-
-async def test_a_nul_character_in_a_title_does_not_abort_the_pass(db_engine, feed_server):
-    feed_server.expect_request("/hostile").respond_with_data(HOSTILE, content_type="text/xml")
-    feed_server.expect_request("/good").respond_with_data(GOOD, content_type="application/rss+xml")
-    _add(db_engine, feed_server.url_for("/hostile"))
-    _add(db_engine, feed_server.url_for("/good"))
-    summary = await _poll(db_engine)
-    assert summary.ok == 2
-
-
-def test_control_characters_are_removed_from_titles():
-    parsed = parse_feed(HOSTILE, url="http://f.example/", content_type="text/xml", fetched_at=T0)
-    assert parsed.entries[0].title == "Bad title"
-
-
-# 3 -------------------------------------------------------------------------------------------
-async def test_the_notice_of_a_disabled_feed_is_committed_with_the_disable(
-    db_engine, feed_server, monkeypatch
+async def test_a_row_the_database_refuses_does_not_lose_the_others(
+    sqlite_engine, feed_server, caplog
 ):
-    """The operators' notice is written in the transaction that disables the feed: a pass that
-    fails afterwards (here: while flushing the 304s) cannot lose it, and no later pass would
-    make up for it, since a disabled feed is never due again."""
-    feed_server.expect_request("/broken").respond_with_data("oops", status=500)
-    broken = _add(db_engine, feed_server.url_for("/broken"))
-    with session_scope(db_engine) as session:
-        session.add(Chat(id=42, type="private"))
-        session.get(Feed, broken).consecutive_failures = 11  # one more failure disables it
-
-    async def crash(self) -> None:  # type: ignore[no-untyped-def]
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(FeedPoller, "_flush_unchanged", crash)
-    clock = Clock()
-    settings = Settings(_env_file=None, admin_user_ids="42", http_timeout_seconds=2)  # type: ignore[call-arg]
-    async with make_http_client(LIMITS) as http:
-        services = Services(
-            settings=settings,
-            engine=db_engine,
-            clock=clock,
-            http=http,
-            stories=StoryService(db_engine, StoryService.open(db_engine).matcher, clock=clock),
-        )
-        with pytest.raises(RuntimeError):
-            await poll_tick(SimpleNamespace(services=services))  # type: ignore[arg-type]
-    with session_scope(db_engine) as session:
-        assert session.get(Feed, broken).status == FeedStatus.DISABLED
-        notices = session.exec(select(OutboxMessage).where(OutboxMessage.chat_id == 42)).all()
-    assert len(notices) == 1
-    assert "was disabled" in notices[0].text and "500" in notices[0].text
-
-
-async def test_a_feed_whose_articles_the_database_refuses_fails_alone(
-    db_engine, feed_server, monkeypatch
-):
-    """An unexpected error while recording one feed counts as that feed's failure; the other
-    feeds of the pass are recorded as usual."""
-    import bot.feeds.poller as poller_module
-
-    real_insert = poller_module.insert_articles
-
-    def picky_insert(feed_id, articles, **kwargs):  # type: ignore[no-untyped-def]
-        if any("Refused" in a.title for a in articles):
-            raise RuntimeError("value refused by the database")
-        return real_insert(feed_id, articles, **kwargs)
-
-    monkeypatch.setattr(poller_module, "insert_articles", picky_insert)
-    refused = rss([Item("Refused headline", "http://news.example/r", "r", T0)])
-    feed_server.expect_request("/refused").respond_with_data(
-        refused, content_type="application/rss+xml"
-    )
-    feed_server.expect_request("/good").respond_with_data(GOOD, content_type="application/rss+xml")
-    bad = _add(db_engine, feed_server.url_for("/refused"))
-    _add(db_engine, feed_server.url_for("/good"))
-    summary = await _poll(db_engine)
-    assert (summary.ok, summary.failed) == (1, 1)
-    assert _titles(db_engine) == ["Storm hits coast"]
-    with session_scope(db_engine) as session:
-        feed = session.get(Feed, bad)
-        assert feed.consecutive_failures == 1 and feed.next_poll_at is not None
-        assert "value refused by the database" in (feed.last_error or "")
-
-
-# 4 -------------------------------------------------------------------------------------------
-async def test_the_lease_still_excludes_a_second_poller_during_a_long_pass(db_engine, feed_server):
-    """A pass that outlasts the lease's TTL renews it, so a second poller stays out."""
-    entered, release = threading.Event(), threading.Event()
-    paths: list[str] = []
-
-    def first_request_stalls(request: Request) -> Response:
-        paths.append(request.path)
-        if len(paths) == 1:
-            entered.set()
-            release.wait(10)
-        return Response(GOOD, content_type="application/rss+xml")
-
-    feed_server.expect_request("/slow").respond_with_handler(first_request_stalls)
-    _add(db_engine, feed_server.url_for("/slow"))
-    # A real clock and a TTL of 0.6 s: the pass below lasts three TTLs.
-    policy = PollPolicy(
-        interval=INTERVAL, limits=FetchLimits(timeout=20.0), lease_ttl=timedelta(seconds=0.6)
-    )
-
-    def clock() -> datetime:
-        return datetime.now(UTC)
-
-    async with make_http_client(policy.limits) as client:
-        first = asyncio.create_task(
-            FeedPoller(db_engine, client, policy, clock=clock, holder="A").poll_due()
-        )
-        try:
-            assert await asyncio.to_thread(entered.wait, 5)
-            await asyncio.sleep(1.8)  # pass A is still running, three TTLs on
-            second = await FeedPoller(db_engine, client, policy, clock=clock, holder="B").poll_due()
-        finally:
-            release.set()
-            await first
-    assert second.skipped_lease, f"poller B ran while A was mid-pass; fetches: {paths}"
-
-
-# 5 -------------------------------------------------------------------------------------------
-async def test_distinct_items_sharing_a_guid_are_all_stored(db_engine, feed_server):
-    """Broken-but-common feeds reuse one <guid> (e.g. the site URL) for every item."""
-    items = [
-        Item("Storm hits coast", "http://news.example/a", "http://news.example/", T0),
-        Item("Court rules on merger", "http://news.example/b", "http://news.example/", T0),
-    ]
-    feed_server.expect_request("/feed").respond_with_data(
-        rss(items), content_type="application/rss+xml"
-    )
-    _add(db_engine, feed_server.url_for("/feed"))
-    await _poll(db_engine)
-    assert _titles(db_engine) == ["Storm hits coast", "Court rules on merger"]
-
-
-# 6 -------------------------------------------------------------------------------------------
-async def test_stacked_gzip_bomb_is_refused_without_inflating_it(feed_server):
-    """`Content-Encoding: gzip, gzip` would skip the capped zlib path: httpx inflates each read."""
-    import gzip
-    import tracemalloc
-
-    bomb = gzip.compress(gzip.compress(bytes(128 * 1024**2), compresslevel=9), compresslevel=9)
-    feed_server.expect_request("/feed").respond_with_data(
-        bomb, headers={"Content-Encoding": "gzip, gzip"}
-    )
-    limits = FetchLimits(timeout=5.0, max_bytes=256 * 1024)
-    async with make_http_client(limits) as client:
-        tracemalloc.start()
-        try:
-            result = await fetch_feed(
-                client, feed_server.url_for("/feed"), etag=None, last_modified=None, limits=limits
+    """All items were one transaction: one refused row lost every article, poll after poll, until
+    the feed was disabled."""
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON article WHEN NEW.title LIKE '%Refused%' "
+                "BEGIN SELECT RAISE(ABORT, 'row refused'); END"
             )
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    assert result.outcome is FetchOutcome.NETWORK_ERROR
-    assert "unsupported Content-Encoding 'gzip, gzip'" in (result.error or "")
-    assert peak < 32 * 1024**2, (
-        f"peak {peak / 1024**2:.0f} MiB for a 256 KiB cap ({len(bomb)} B sent)"
-    )
-
-
-async def test_a_permanent_redirect_to_a_page_that_is_not_a_feed_keeps_the_stored_url(
-    db_engine, feed_server
-):
-    """A 301 to a parked or hijacked page must not rewrite the feed's URL for good."""
-    feed_server.expect_request("/old").respond_with_data(
-        "", status=301, headers={"Location": feed_server.url_for("/parked")}
-    )
-    feed_server.expect_request("/parked").respond_with_data(
-        "<html><body>This domain is for sale</body></html>", content_type="text/html"
-    )
-    url = feed_server.url_for("/old")
-    feed_id = _add(db_engine, url)
-    summary = await _poll(db_engine)
-    assert summary.failed == 1
-    with session_scope(db_engine) as session:
-        assert session.get(Feed, feed_id).url == url
-
-
-def test_a_host_that_idna_cannot_decode_is_refused_when_the_feed_is_added():
-    from bot.feeds.urls import validate_feed_url
-
-    with pytest.raises(ValueError, match="bad host name"):
-        validate_feed_url("http://xn--/feed")
-    assert validate_feed_url("https://bücher.example/feed") == "https://bücher.example/feed"
-
-
-# 10 ------------------------------------------------------------------------------------------
-async def test_live_blog_posts_that_differ_only_by_fragment_are_all_stored(db_engine, feed_server):
-    """A live blog links each post as page#post-N. The canonical URL drops fragments (they are
-    mostly tracking), so the posts collided on the unique URL and all but the first were lost."""
-    page = "http://news.example/live"
+        )
     items = [
-        Item("Storm live: coast braces", f"{page}#post-1", "p1", T0),
-        Item("Storm live: power cut in the east", f"{page}#post-2", "p2", T0),
-        Item("Storm live: power cut in the east", f"{page}#post-2", "p2-again", T0),
+        Item("Good one", "http://n.example/g", "g", T0),
+        Item("Refused one", "http://n.example/r", "r", T0),
+        Item("Good two", "http://n.example/g2", "g2", T0),
     ]
-    feed_server.expect_request("/feed").respond_with_data(
-        rss(items), content_type="application/rss+xml"
-    )
+    _serve(feed_server, "/feed", [rss(items)])
+    feed_id = _add(sqlite_engine, feed_server.url_for("/feed"))
+    with caplog.at_level(logging.WARNING, logger="store.articles"):
+        summary = await _poll(sqlite_engine, Clock())
+    assert summary.new_articles == 2 and summary.failed == 0
+    assert [a.title for a in _articles(sqlite_engine)] == ["Good one", "Good two"]
+    assert _feed(sqlite_engine, feed_id).consecutive_failures == 0
+    assert "refused entry 'r'" in caplog.text
+
+
+async def test_a_guid_that_is_the_site_address_does_not_drop_the_next_item(db_engine, feed_server):
+    """Keyed by the guid they all share, the newest item alone in its poll was dropped."""
+    bodies = [
+        rss([Item("Storm hits coast", "http://news.example/a", "http://site.example/", T0)]),
+        rss([Item("Court rules", "http://news.example/b", "http://site.example/", T0)]),
+        rss(
+            [
+                Item("Court rules", "http://news.example/b", "http://site.example/", T0),
+                Item("Storm hits coast", "http://news.example/a", "http://site.example/", T0),
+            ]
+        ),
+    ]
+    _serve(feed_server, "/feed", bodies)
     _add(db_engine, feed_server.url_for("/feed"))
-    await _poll(db_engine)
-    assert _titles(db_engine) == ["Storm live: coast braces", "Storm live: power cut in the east"]
+    clock, counts = Clock(), []
+    for _ in range(3):
+        counts.append((await _poll(db_engine, clock)).new_articles)
+        clock.now += INTERVAL
+    assert counts == [1, 1, 0]
+    assert sorted(a.title for a in _articles(db_engine)) == ["Court rules", "Storm hits coast"]
 
 
-def test_a_tracking_fragment_alone_still_folds_into_the_plain_url():
-    body = rss([Item("Storm hits coast", "http://news.example/a#xtor=RSS-3", "a", T0)])
-    parsed = parse_feed(body, url="http://news.example/feed", content_type=None, fetched_at=T0)
-    assert [e.url for e in parsed.entries] == ["http://news.example/a"]
-
-
-async def test_a_live_blog_post_alone_in_its_poll_is_not_lost(db_engine, feed_server):
-    """Each poll shows only the newest post: both land on the bare page URL unless the anchor
-    is kept per link, and the second was dropped as a duplicate of the first."""
-    page = "http://news.example/live"
-    polls = iter(
-        [
-            [Item("Storm live: coast braces", f"{page}#post-1", "p1", T0)],
-            [Item("Storm live: power cut in the east", f"{page}#post-2", "p2", T0)],
-        ]
-    )
-    feed_server.expect_request("/feed").respond_with_handler(
-        lambda request: Response(rss(next(polls)), content_type="application/rss+xml")
-    )
+async def test_linkless_items_sharing_the_site_guid_are_stored_once_each(db_engine, feed_server):
+    """Alpha alone, then Beta and Alpha: Alpha's key changed between polls and it was stored twice."""
+    bodies = [
+        rss([Item("Alpha", None, "http://site.example/")]),
+        rss(
+            [
+                Item("Beta", None, "http://site.example/"),
+                Item("Alpha", None, "http://site.example/"),
+            ]
+        ),
+    ]
+    _serve(feed_server, "/feed", bodies)
     _add(db_engine, feed_server.url_for("/feed"))
     clock = Clock()
     await _poll(db_engine, clock)
     clock.now += INTERVAL
     await _poll(db_engine, clock)
-    assert _titles(db_engine) == ["Storm live: coast braces", "Storm live: power cut in the east"]
+    assert sorted(a.title for a in _articles(db_engine)) == ["Alpha", "Beta"]
 
 
-@pytest.mark.parametrize("fragment", ["xtor=RSS-3", "ixzz2vZpA", "utm_source=rss", "ref=feed"])
-def test_tracking_fragments_fold_into_the_plain_url(fragment):
-    body = rss([Item("Storm hits coast", f"http://news.example/a#{fragment}", "a", T0)])
-    parsed = parse_feed(body, url="http://news.example/feed", content_type=None, fetched_at=T0)
-    assert [e.url for e in parsed.entries] == ["http://news.example/a"]
+async def test_items_that_all_link_to_the_home_page_are_all_stored(db_engine, feed_server):
+    """Unique on the shared link, a podcast feed kept its first episode only, across polls too."""
+    episode = [
+        Item(f"Episode {n}: topic {n}", "http://pod.example/", f"ep{n}", T0) for n in (1, 2, 3)
+    ]
+    _serve(feed_server, "/feed", [rss(episode[:1]), rss(episode)])
+    _add(db_engine, feed_server.url_for("/feed"))
+    clock = Clock()
+    first = await _poll(db_engine, clock)
+    clock.now += INTERVAL
+    second = await _poll(db_engine, clock)
+    assert (first.new_articles, second.new_articles) == (1, 2)
+    stored = _articles(db_engine)
+    assert [a.title for a in stored] == [f"Episode {n}: topic {n}" for n in (1, 2, 3)]
+    assert {a.url for a in stored} == {"http://pod.example/"}  # still shown as the link
+
+
+async def test_items_with_other_titles_sharing_one_page_are_all_stored(db_engine, feed_server):
+    items = [Item(f"Show {n}", "http://pod.example/show", f"s{n}", T0) for n in (1, 2)]
+    same = [Item("Same story", "http://n.example/x", g, T0) for g in ("g1", "g2")]
+    _serve(feed_server, "/feed", [rss(items + same)])
+    _add(db_engine, feed_server.url_for("/feed"))
+    summary = await _poll(db_engine, Clock())
+    # the two shows are two items; one article under two guids is still one article
+    assert summary.new_articles == 3
+
+
+async def test_dropped_items_are_logged(sqlite_engine, feed_server, caplog):
+    body = (
+        b"<?xml version='1.0'?><rss version='2.0'><channel><title>T</title>"
+        b"<item><title>Kept</title><link>http://n.example/1</link></item>"
+        b"<item><link>http://n.example/2</link></item><item><link>http://n.example/3</link></item>"
+        b"</channel></rss>"
+    )
+    _serve(feed_server, "/feed", [body])
+    _add(sqlite_engine, feed_server.url_for("/feed"))
+    with caplog.at_level(logging.INFO, logger="bot.feeds.poller"):
+        await _poll(sqlite_engine, Clock())
+    assert "skipped 2 item(s) with neither a title nor any text" in caplog.text
+
+
+# --- validators --------------------------------------------------------------------------------
+
+
+async def test_an_empty_200_with_a_changing_etag_keeps_the_feed_healthy(db_engine, feed_server):
+    """Each empty 200 with a new ETag was a parse failure: the feed was disabled in 3 polls."""
+    count = iter(range(1, 100))
+
+    def handler(request: Request) -> Response:
+        n = next(count)
+        body = rss([Item("First", "http://n.example/1", "1", T0)]) if n == 1 else b""
+        return Response(body, content_type=RSS, headers={"ETag": f'"v{n}"'})
+
+    feed_server.expect_request("/feed").respond_with_handler(handler)
+    feed_id = _add(db_engine, feed_server.url_for("/feed"))
+    clock = Clock()
+    for _ in range(4):
+        await _poll(db_engine, clock)
+        clock.now += INTERVAL
+    feed = _feed(db_engine, feed_id)
+    assert feed.status == FeedStatus.ACTIVE and feed.consecutive_failures == 0
+    assert feed.etag == '"v4"'  # the next poll asks with the newest version
+
+
+async def test_an_etag_the_column_cannot_hold_does_not_lose_the_articles(db_engine, feed_server):
+    """On PostgreSQL a 600-character ETag failed the poll's transaction: no article, and in time
+    a disabled feed."""
+    items = [Item("Storm hits coast", "http://n.example/a", "a", T0)]
+    _serve(feed_server, "/feed", [rss(items)], ETag='"' + "x" * 600 + '"')
+    feed_id = _add(db_engine, feed_server.url_for("/feed"))
+    summary = await _poll(db_engine, Clock())
+    assert summary.new_articles == 1 and summary.failed == 0
+    assert _feed(db_engine, feed_id).etag is None
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+async def test_a_gzip_body_of_several_members_is_read_whole(feed_server):
+    """Only the first member was inflated: the feed came out cut in half."""
+    items = [Item(f"Item {n}", f"http://n.example/{n}", str(n), T0) for n in range(6)]
+    body = rss(items)
+    half = len(body) // 2
+    compressed = gzip.compress(body[:half]) + gzip.compress(body[half:]) + b"\0\0"
+    feed_server.expect_request("/feed").respond_with_data(
+        compressed, content_type=RSS, headers={"Content-Encoding": "gzip"}
+    )
+    limits = FetchLimits(timeout=5.0)
+    async with make_http_client(limits) as client:
+        result = await fetch_feed(
+            client, feed_server.url_for("/feed"), etag=None, last_modified=None, limits=limits
+        )
+    assert result.outcome is FetchOutcome.OK
+    assert result.body == body
+
+
+# --- the pass ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool() -> Iterator:  # type: ignore[type-arg]
+    parsers = parser_pool(1)
+    try:
+        yield parsers
+    finally:
+        parsers.shutdown()
+
+
+async def test_a_parser_process_that_dies_is_replaced(sqlite_engine, feed_server, pool):
+    """A broken process pool failed every parse after it, until every feed was disabled."""
+    _serve(feed_server, "/a", [rss([Item("A", "http://n.example/a", "a", T0)])])
+    _serve(feed_server, "/b", [rss([Item("B", "http://n.example/b", "b", T0)])])
+    _add(sqlite_engine, feed_server.url_for("/a"))
+    clock = Clock()
+    policy = _policy()
+    async with make_http_client(policy.limits) as client:
+        first = await FeedPoller(
+            sqlite_engine, client, policy, clock=clock, parsers=pool
+        ).poll_due()
+        for pid in list(pool._pool._processes):  # the OOM killer, say
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        feed_b = _add(sqlite_engine, feed_server.url_for("/b"))
+        clock.now += INTERVAL
+        second = await FeedPoller(
+            sqlite_engine, client, policy, clock=clock, parsers=pool
+        ).poll_due()
+    assert first.new_articles == 1
+    assert (second.new_articles, second.failed) == (1, 0)
+    assert _feed(sqlite_engine, feed_b).consecutive_failures == 0
+
+
+async def test_a_hanging_host_does_not_hold_up_feeds_on_other_hosts(sqlite_engine, feed_server):
+    """Feeds queued for the slow host took the global slots first and waited for their host's."""
+    release = threading.Event()
+
+    def hang(_request: Request) -> Response:
+        release.wait(5)
+        return Response(b"", status=500)
+
+    feed_server.expect_request("/slow").respond_with_handler(hang)
+    _serve(feed_server, "/fast", [rss([Item("A", "http://n.example/a", "a", T0)])])
+    for n in range(12):
+        _add(sqlite_engine, feed_server.url_for("/slow") + f"?n={n}")
+    fast = feed_server.url_for("/fast").replace("127.0.0.1", "localhost")
+    fast_ids = {_add(sqlite_engine, fast), _add(sqlite_engine, fast + "?x=1")}
+    policy = _policy(concurrency=4, per_host_concurrency=2, limits=FetchLimits(timeout=1.0))
+    started = time.monotonic()
+    finished: dict[int, float] = {}
+
+    def done(outcome) -> None:  # type: ignore[no-untyped-def]
+        finished[outcome.feed_id] = time.monotonic() - started
+
+    try:
+        async with make_http_client(policy.limits) as client:
+            poller = FeedPoller(sqlite_engine, client, policy, clock=Clock())
+            await poller.poll_due(on_feed_done=done)
+    finally:
+        release.set()
+    # 12 slow feeds, 2 at a time, take 6 timeouts of 1 s; the fast ones must not wait for them
+    assert max(finished[i] for i in fast_ids) < 2.0, finished
