@@ -272,7 +272,11 @@ async def assign_and_notify(services: Services) -> int:
         services.matcher_lease_held = False
     story_ids = sorted({s for a in assignments for s in a.touched})
     created = await asyncio.to_thread(
-        follow_matching_topics, services.engine, story_ids, now=services.now()
+        follow_matching_topics,
+        services.engine,
+        story_ids,
+        now=services.now(),
+        first_new_article_id=min((a.article_id for a in assignments), default=1),
     )
     if created:
         await asyncio.to_thread(_queue_topic_notices, services, created)

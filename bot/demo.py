@@ -207,6 +207,7 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
                     engine,
                     sorted({m.story_id for m in matched}),
                     now=clock.now,
+                    first_new_article_id=min((m.article_id for m in matched), default=1),
                 )
                 out(
                     f"\n· {clock.now:%a %d %b %H:%M} UTC: "

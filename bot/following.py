@@ -33,8 +33,11 @@ from store.follows import (
     add_topic,
     chat_follows,
     chat_topics,
+    clear_opt_out,
     follow_story,
     get_follow,
+    opt_out,
+    opted_out_chats,
     remove_topic,
     unfollow_story,
 )
@@ -251,6 +254,7 @@ def follow_story_id(
         _, created = follow_story(
             chat_id, story_id, session=session, now=now, from_article_id=newest or 0
         )
+        clear_opt_out(chat_id, story_id, session=session)  # asked for by name: wanted again
         return FollowResult(_card(story), created)
 
 
@@ -271,7 +275,7 @@ def follow_topic(
     return FollowResult(None, created, topic=words.strip()[:MAX_QUERY], matched_now=matches)
 
 
-def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
+def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> str | None:
     """Unfollow a story id or a topic; returns what was unfollowed, or None."""
     with session_scope(engine) as session:
         # a longer number is no story id (nor fits the column): it can only be a topic's words
@@ -281,6 +285,8 @@ def unfollow(engine: Engine, chat_id: int, target: str) -> str | None:
             if not 0 < story_id <= MAX_ROW_ID:  # type: ignore[operator]
                 return None
             if unfollow_story(chat_id, story_id, session=session):  # type: ignore[arg-type]
+                # so that keywords the chat follows do not follow it again on their own
+                opt_out(chat_id, story_id, session=session, now=now)  # type: ignore[arg-type]
                 # and the digests of it still queued (of stories merged into it, too)
                 ids = [story_id, *merged_story_ids(story_id, session=session)]  # type: ignore[list-item]
                 cancel_story_digests(chat_id, ids, session=session)
@@ -386,10 +392,14 @@ def change_timezone(engine: Engine, chat_id: int, name: str, *, now: datetime) -
 
 
 def follow_matching_topics(
-    engine: Engine, story_ids: Sequence[int], *, now: datetime
+    engine: Engine, story_ids: Sequence[int], *, now: datetime, first_new_article_id: int = 1
 ) -> list[tuple[int, StoryCard, str]]:
     """Follow, for every topic that matches one of these stories, that story. Returns
-    (chat_id, story, topic) for each follow created, so the chat can be told."""
+    (chat_id, story, topic) for each follow created, so the chat can be told.
+
+    The follow's first digest holds the story's articles from `first_new_article_id` on (the
+    batch just matched), as a follow by id holds those after it. A chat that unfollowed the
+    story, or a story merged into it, is not made to follow it again."""
     if not story_ids:
         return []
     created: list[tuple[int, StoryCard, str]] = []
@@ -405,11 +415,24 @@ def follow_matching_topics(
             if resolved is not None and resolved.merged_into_id is None:
                 live[resolved.id] = resolved
         for story in sorted(live.values(), key=lambda s: s.id):
-            for topic in topics:
-                if topic_matches(topic.query_key, story.headline):
-                    _, new = follow_story(
-                        topic.chat_id, story.id, session=session, now=now, topic_id=topic.id
-                    )  # type: ignore[arg-type]
-                    if new:
-                        created.append((topic.chat_id, _card(story), topic.query))
+            matching = [t for t in topics if topic_matches(t.query_key, story.headline)]
+            if not matching:
+                continue
+            stopped = opted_out_chats(
+                [story.id, *merged_story_ids(story.id, session=session)],  # type: ignore[list-item]
+                session=session,
+            )
+            for topic in matching:
+                if topic.chat_id in stopped:
+                    continue
+                _, new = follow_story(
+                    topic.chat_id,
+                    story.id,  # type: ignore[arg-type]
+                    session=session,
+                    now=now,
+                    topic_id=topic.id,
+                    from_article_id=max(first_new_article_id - 1, 0),
+                )
+                if new:
+                    created.append((topic.chat_id, _card(story), topic.query))
     return created

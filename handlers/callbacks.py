@@ -72,7 +72,7 @@ async def on_button(update: Update, context: StorywireContext) -> None:
             )
         return
     if verb == "unf":
-        done = await run_db(svc.unfollow, s.engine, chat.id, str(story_id))
+        done = await run_db(svc.unfollow, s.engine, chat.id, str(story_id), now=s.now())
         await _answer(query, "Unfollowed" if done else "You were not following that story")
         return
     if verb == "mute":

@@ -84,7 +84,9 @@ async def unfollow(update: Update, context: StorywireContext) -> None:
         return
     chat_id = update.effective_chat.id  # type: ignore[union-attr]
     target = str(parse_story_id(text)) if parse_story_id(text) is not None else text
-    done = await run_db(svc.unfollow, context.services.engine, chat_id, target)
+    done = await run_db(
+        svc.unfollow, context.services.engine, chat_id, target, now=context.services.now()
+    )
     if done is None:
         await reply(update, f"This chat does not follow “{esc(text)}”. See /following.")
     else:

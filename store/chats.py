@@ -8,7 +8,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from store.models import Chat, ChatStatus, Follow, OutboxMessage, OutboxStatus, TopicFollow
+from store.models import (
+    Chat,
+    ChatStatus,
+    Follow,
+    OutboxMessage,
+    OutboxStatus,
+    StoryOptOut,
+    TopicFollow,
+)
 
 
 def get_chat(chat_id: int, *, session: Session) -> Chat | None:
@@ -96,22 +104,9 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
         )
         session.add(new)
         session.flush()
-    taken_stories = set(session.exec(select(Follow.story_id).where(Follow.chat_id == new_id)).all())
-    for follow in session.exec(select(Follow).where(Follow.chat_id == old_id)).all():
-        if follow.story_id in taken_stories:
-            session.delete(follow)
-        else:
-            follow.chat_id = new_id
-            session.add(follow)
-    taken_topics = set(
-        session.exec(select(TopicFollow.query_key).where(TopicFollow.chat_id == new_id)).all()
-    )
-    for topic in session.exec(select(TopicFollow).where(TopicFollow.chat_id == old_id)).all():
-        if topic.query_key in taken_topics:
-            session.delete(topic)
-        else:
-            topic.chat_id = new_id
-            session.add(topic)
+    _move_rows(Follow, "story_id", old_id, new_id, session=session)
+    _move_rows(TopicFollow, "query_key", old_id, new_id, session=session)
+    _move_rows(StoryOptOut, "story_id", old_id, new_id, session=session)
     _move_pending(old_id, new_id, session=session)
     old.status = ChatStatus.MIGRATED
     old.migrated_to_chat_id = new_id
@@ -121,6 +116,24 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
     session.add(old)
     session.flush()
     return new
+
+
+def _move_rows(
+    model: type[Follow] | type[TopicFollow] | type[StoryOptOut],
+    key: str,
+    old_id: int,
+    new_id: int,
+    *,
+    session: Session,
+) -> None:
+    """Move the old chat's rows to the new id; one the new chat has already (same key) goes."""
+    taken = set(session.exec(select(getattr(model, key)).where(model.chat_id == new_id)).all())
+    for row in session.exec(select(model).where(model.chat_id == old_id)).all():
+        if getattr(row, key) in taken:
+            session.delete(row)
+        else:
+            row.chat_id = new_id
+            session.add(row)
 
 
 def _move_pending(old_id: int, new_id: int, *, session: Session) -> None:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from store.models import Article, Chat, ChatStatus, Follow, Story, TopicFollow
+from store.models import Article, Chat, ChatStatus, Follow, Story, StoryOptOut, TopicFollow
 
 
 def follow_story(
@@ -45,6 +45,42 @@ def follow_story(
         ).one()
         return again, False
     return follow, True
+
+
+def opt_out(chat_id: int, story_id: int, *, session: Session, now: datetime) -> None:
+    """Record that the chat stopped following the story (kept once)."""
+    known = session.exec(
+        select(StoryOptOut.id)
+        .where(StoryOptOut.chat_id == chat_id)
+        .where(StoryOptOut.story_id == story_id)
+    ).first()
+    if known is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(StoryOptOut(chat_id=chat_id, story_id=story_id, created_at=now))
+            session.flush()
+    except IntegrityError:  # recorded by a concurrent unfollow
+        pass
+
+
+def clear_opt_out(chat_id: int, story_id: int, *, session: Session) -> None:
+    session.execute(
+        sa.delete(StoryOptOut)
+        .where(col(StoryOptOut.chat_id) == chat_id)
+        .where(col(StoryOptOut.story_id) == story_id)
+    )
+
+
+def opted_out_chats(story_ids: Sequence[int], *, session: Session) -> set[int]:
+    """Chats that unfollowed any of these stories."""
+    if not story_ids:
+        return set()
+    return set(
+        session.exec(
+            select(StoryOptOut.chat_id).where(col(StoryOptOut.story_id).in_(list(story_ids)))
+        ).all()
+    )
 
 
 def unfollow_story(chat_id: int, story_id: int, *, session: Session) -> bool:

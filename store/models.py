@@ -188,6 +188,27 @@ class Follow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
 
 
+class StoryOptOut(SQLModel, table=True):
+    """A chat unfollowed this story: its keywords must not follow it again on their own."""
+
+    __tablename__ = "story_opt_out"
+    __table_args__ = (sa.UniqueConstraint("chat_id", "story_id", name="uq_opt_out_chat_story"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chat_id: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger,
+            sa.ForeignKey("chat.id", ondelete="CASCADE", onupdate="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    story_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("story.id", ondelete="CASCADE"), nullable=False)
+    )
+    created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
+
+
 class TopicFollow(SQLModel, table=True):
     """A chat following keywords: future stories whose headline matches are followed for it."""
 

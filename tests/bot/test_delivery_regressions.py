@@ -95,7 +95,7 @@ async def test_a_digest_queued_before_an_unfollow_is_not_sent(engine, api, bot):
     svc.follow_story_id(engine, USER, story, now=T)
     add_articles(engine, story, 2, T)
     assert queue_story_digests(engine, now=T + timedelta(minutes=20), policy=POLICY) == 1
-    assert svc.unfollow(engine, USER, str(story)) is not None  # /unfollow before the send
+    assert svc.unfollow(engine, USER, str(story), now=T) is not None  # /unfollow before the send
     await OutboxSender(engine, bot, per_chat_interval=0).drain()
     assert [m.text[:40] for m in api.sent_to(USER)] == []
 

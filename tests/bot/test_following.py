@@ -9,8 +9,9 @@ from sqlmodel import select
 
 from bot import following as svc
 from store.articles import NewArticle, insert_articles
+from store.chats import migrate_chat
 from store.db import session_scope
-from store.models import Article, Chat, Follow, OutboxMessage
+from store.models import Article, Chat, Follow, OutboxMessage, StoryOptOut
 from store.outbox import OutgoingPart, enqueue, park_chat
 from store.stories import create_story, merge_stories
 from tests.conftest import T0
@@ -73,9 +74,9 @@ def test_unfollow_story_and_topic(engine):
     story_id = _story(engine, "Storm hits coast")
     svc.follow_story_id(engine, CHAT, story_id, now=T0)
     svc.follow_topic(engine, CHAT, "Bitcoin exchange", now=T0)
-    assert svc.unfollow(engine, CHAT, str(story_id)) == "Storm hits coast"
-    assert svc.unfollow(engine, CHAT, "exchange bitcoin") is not None
-    assert svc.unfollow(engine, CHAT, "nothing here") is None
+    assert svc.unfollow(engine, CHAT, str(story_id), now=T0) == "Storm hits coast"
+    assert svc.unfollow(engine, CHAT, "exchange bitcoin", now=T0) is not None
+    assert svc.unfollow(engine, CHAT, "nothing here", now=T0) is None
     state = svc.following(engine, CHAT)
     assert state.stories == () and state.topics == ()
 
@@ -111,6 +112,63 @@ def test_topic_follow_of_a_story_merged_meanwhile_follows_the_survivor(engine):
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, survivor)]
     with session_scope(engine) as session:
         assert [f.story_id for f in session.exec(select(Follow))] == [survivor]
+
+
+def test_a_story_unfollowed_is_not_followed_again_by_its_keywords(engine):
+    """The notice says "/unfollow ID to stop"; the next batch followed it again, silently (the
+    notice's dedup key had been used), and re-sent every article."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    assert svc.follow_matching_topics(engine, [story], now=T0)
+    assert svc.unfollow(engine, CHAT, str(story), now=T0) is not None
+    assert svc.follow_matching_topics(engine, [story], now=T0) == []
+    with session_scope(engine) as session:
+        assert session.exec(select(Follow)).all() == []
+
+
+def test_nor_is_a_story_that_absorbed_one_unfollowed(engine):
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    absorbed = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    svc.follow_matching_topics(engine, [absorbed], now=T0)
+    svc.unfollow(engine, CHAT, str(absorbed), now=T0)
+    survivor = _story(engine, "Mt Gox bitcoin exchange files for bankruptcy", articles=3)
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T0)
+    assert svc.follow_matching_topics(engine, [survivor], now=T0) == []
+
+
+def test_following_an_unfollowed_story_by_id_takes_the_opt_out_back(engine):
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    svc.follow_matching_topics(engine, [story], now=T0)
+    svc.unfollow(engine, CHAT, str(story), now=T0)
+    with session_scope(engine) as session:
+        assert len(session.exec(select(StoryOptOut)).all()) == 1
+    assert svc.follow_story_id(engine, CHAT, story, now=T0).created
+    with session_scope(engine) as session:
+        assert session.exec(select(StoryOptOut)).all() == []
+
+
+def test_an_opt_out_moves_with_a_group_to_its_supergroup(engine):
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    svc.follow_matching_topics(engine, [story], now=T0)
+    svc.unfollow(engine, CHAT, str(story), now=T0)
+    with session_scope(engine) as session:
+        migrate_chat(CHAT, -100123, session=session, now=T0)
+    assert svc.follow_matching_topics(engine, [story], now=T0) == []
+
+
+def test_a_keyword_follow_starts_with_the_batch_that_matched(engine):
+    """It started at 0: its first digest counted articles from before as new ones."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection", articles=3)
+    with session_scope(engine) as session:
+        ids = sorted(a.id for a in session.exec(select(Article)))
+    svc.follow_matching_topics(engine, [story], now=T0, first_new_article_id=ids[-1])
+    with session_scope(engine) as session:
+        [follow] = session.exec(select(Follow)).all()
+    assert follow.last_digested_article_id == ids[-2]  # the last article is the batch's
 
 
 def test_top_ranks_by_sources_then_recency(engine):
@@ -202,7 +260,7 @@ def test_merged_story_moves_articles_and_follows_and_its_id_still_works(engine):
     detail = svc.story_detail(engine, absorbed, chat_id=CHAT)
     assert detail is not None and detail.card.id == survivor and detail.following
     assert [c.id for c in svc.top(engine, now=T0, limit=10)] == [survivor]
-    assert svc.unfollow(engine, other, str(absorbed)) is not None
+    assert svc.unfollow(engine, other, str(absorbed), now=T0) is not None
     again = svc.follow_story_id(engine, other, absorbed, now=T0)
     assert again.story is not None and again.story.id == survivor
 
