@@ -3,6 +3,7 @@ Bot API, with stories and feeds written straight into its database."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -293,3 +294,32 @@ async def test_a_failing_button_too_old_to_answer_is_told_in_the_chat(api, setti
         await _press_failing_button(api, monkeypatch)
         await api.wait_for_messages(before + 1, chat_id=USER)
     assert SORRY in api.sent_to(USER)[before].plain_text
+
+
+async def test_a_busy_group_does_not_hold_up_other_chats(api, settings):
+    """Updates were handled one at a time: a group over Telegram's 20 messages a minute made the
+    rate limiter wait inside its replies, and every other chat waited with it (12 s here)."""
+    group = -700
+    async with running_bot(settings):
+        for n in range(24):
+            await api.inject_message(group, "/help", user_id=1000 + n, chat_type="group")
+        await api.wait_for_messages(20, chat_id=group, within=20)
+        started = time.monotonic()
+        await api.inject_message(USER, "/help")
+        await api.wait_for_messages(1, chat_id=USER, within=30)
+        waited = time.monotonic() - started
+    assert waited < 2.0, f"answered after {waited:.1f}s"
+
+
+async def test_a_command_deleted_before_the_answer_is_answered(api, settings):
+    """In a group the answer quotes the command; deleted meanwhile (anti-spam bots do), the reply
+    failed, and the apology with it: the setting changed without a word."""
+    group = -700
+    async with running_bot(settings):
+        api.set_chat_member_status(group, ADMIN, "administrator")
+        api.delay("getChatMember", 0.5, chat_id=group)  # while the bot checks the sender ...
+        await api.inject_message(group, "/digest 09:00", user_id=ADMIN, chat_type="group")
+        [command] = [k for k in api._messages if k[0] == group]
+        del api._messages[command]  # ... the command is deleted
+        await api.wait_for_messages(1, chat_id=group, within=10)
+    assert "09:00" in api.sent_to(group)[0].plain_text
