@@ -142,20 +142,14 @@ def cmd_feeds_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_feeds_remove(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.feeds.urls import validate_feed_url
+    from bot.feeds.urls import feed_lookup_keys
     from store.db import session_scope
     from store.feeds import find_feed, remove_feed
 
     engine = open_engine(settings)
     with session_scope(engine) as session:
-        feed = find_feed(args.feed, session=session)
-        if feed is None:
-            # Stored URLs are normalised (`feeds add HTTPS://Example.ORG` keeps
-            # https://example.org/): look the argument up the same way.
-            try:
-                feed = find_feed(validate_feed_url(args.feed), session=session)
-            except ValueError:
-                feed = None
+        found = (find_feed(key, session=session) for key in feed_lookup_keys(args.feed))
+        feed = next((f for f in found if f is not None), None)
         if feed is None:
             raise CommandError(f"no feed with id or URL {args.feed!r}")
         remove_feed(feed, session=session)

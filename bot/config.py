@@ -122,6 +122,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("user_agent")
+    @classmethod
+    def _check_user_agent(cls, value: str) -> str:
+        # it goes in every request's header: anything else fails each fetch, until every feed
+        # is disabled for it
+        value = value.strip()
+        if not value or not value.isascii() or not value.isprintable():
+            raise ValueError("must be printable ASCII on one line (it is sent as a header)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:
@@ -169,6 +179,10 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings or raise SettingsError with one line naming the bad setting."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError:
+        raise SettingsError(".env is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read .env: {exc.strerror or exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "_".join(str(p) for p in first.get("loc", ())).upper() or "settings"

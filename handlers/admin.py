@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler
+from telegram.ext import Application
 
 from bot.app import StorywireContext
-from bot.feeds.urls import validate_feed_url
-from handlers.common import esc, is_bot_admin, reply, required_argument, run_db
+from bot.feeds.urls import feed_lookup_keys, validate_feed_url
+from handlers.common import command, esc, is_bot_admin, reply, required_argument, run_db
 from store.db import session_scope
 from store.feeds import add_feed, enable_feed, find_feed, list_feeds_with_counts, remove_feed
 
@@ -27,7 +27,8 @@ def _add(engine, url: str, now) -> tuple[int, str]:  # type: ignore[no-untyped-d
 
 def _remove(engine, target: str):  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
-        feed = find_feed(target, session=session)
+        found = (find_feed(key, session=session) for key in feed_lookup_keys(target))
+        feed = next((f for f in found if f is not None), None)
         if feed is None:
             return None
         url = feed.url
@@ -95,6 +96,6 @@ async def feeds(update: Update, context: StorywireContext) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(CommandHandler("addfeed", addfeed))
-    application.add_handler(CommandHandler("removefeed", removefeed))
-    application.add_handler(CommandHandler("feeds", feeds))
+    application.add_handler(command("addfeed", addfeed))
+    application.add_handler(command("removefeed", removefeed))
+    application.add_handler(command("feeds", feeds))

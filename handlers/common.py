@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from telegram import Chat, Update
 from telegram.constants import ChatMemberStatus
 from telegram.error import TelegramError
+from telegram.ext import CommandHandler, filters
 
 from bot.app import Services, StorywireContext
 from bot.digests.render import MAX_MESSAGE, telegram_length
@@ -130,3 +131,9 @@ async def may_change_chat_settings(update: Update, context: StorywireContext) ->
 def is_bot_admin(update: Update, context: StorywireContext) -> bool:
     user = update.effective_user
     return user is not None and user.id in context.services.settings.admin_user_ids
+
+
+def command(name: str, callback: Callable[..., Any]) -> CommandHandler:
+    """A command handler for new messages only: an edited command is not run again (editing
+    "/follow 1" into "/follow 2" to fix a typo would leave both followed)."""
+    return CommandHandler(name, callback, filters=filters.UpdateType.MESSAGE)

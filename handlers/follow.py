@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.ext import Application, CommandHandler
+from telegram.ext import Application
 
 from bot import following as svc
 from bot.app import StorywireContext
-from handlers.common import esc, parse_story_id, reply, required_argument, run_db
+from handlers.common import command, esc, parse_story_id, reply, required_argument, run_db
 
 FOLLOW_USAGE = (
     "Use /follow ID to follow a story (ids are in /top), or /follow words to follow a topic: "
@@ -122,6 +122,6 @@ async def following(update: Update, context: StorywireContext) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(CommandHandler("follow", follow))
-    application.add_handler(CommandHandler("unfollow", unfollow))
-    application.add_handler(CommandHandler("following", following))
+    application.add_handler(command("follow", follow))
+    application.add_handler(command("unfollow", unfollow))
+    application.add_handler(command("following", following))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler
+from telegram.ext import Application
 
 from bot import following as svc
 from bot.app import StorywireContext
-from handlers.common import argument_text, esc, may_change_chat_settings, reply, run_db
+from handlers.common import argument_text, command, esc, may_change_chat_settings, reply, run_db
 
 DIGEST_USAGE = "Use /digest on, /digest off, or /digest HH:MM (24-hour, in this chat's time zone)."
 
@@ -76,5 +76,5 @@ async def timezone(update: Update, context: StorywireContext) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(CommandHandler("digest", digest))
-    application.add_handler(CommandHandler("timezone", timezone))
+    application.add_handler(command("digest", digest))
+    application.add_handler(command("timezone", timezone))

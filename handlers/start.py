@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler
+from telegram.ext import Application
 
 from bot.app import StorywireContext
-from handlers.common import reply
+from handlers.common import command, reply
 
 HELP = (
     "<b>Storywire</b> follows news <i>stories</i>, not feeds. Articles from many outlets are "
@@ -31,5 +31,5 @@ async def help_command(update: Update, context: StorywireContext) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(CommandHandler("start", start))
-    application.add_handler(CommandHandler("help", help_command))
+    application.add_handler(command("start", start))
+    application.add_handler(command("help", help_command))

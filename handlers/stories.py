@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.ext import Application, CommandHandler
+from telegram.ext import Application
 
 from bot import following as svc
 from bot.app import StorywireContext
 from bot.digests.render import plural
 from handlers.common import (
     argument_text,
+    command,
     esc,
     parse_story_id,
     reply,
@@ -120,6 +121,6 @@ async def search(update: Update, context: StorywireContext) -> None:
 
 
 def register(application: Application) -> None:
-    application.add_handler(CommandHandler("top", top))
-    application.add_handler(CommandHandler("story", story))
-    application.add_handler(CommandHandler("search", search))
+    application.add_handler(command("top", top))
+    application.add_handler(command("story", story))
+    application.add_handler(command("search", search))

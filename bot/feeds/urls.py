@@ -105,3 +105,16 @@ def validate_feed_url(url: str) -> str:
     auth, at, host_port = parts.netloc.rpartition("@")
     netloc = f"{auth}{at}{host_port.lower()}"
     return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+
+
+def feed_lookup_keys(target: str) -> list[str]:
+    """What to look a feed up by: an id or URL as typed, then the URL as adding it stored it
+    (`HTTPS://Example.ORG` is kept as https://example.org/)."""
+    keys = [target]
+    try:
+        normalised = validate_feed_url(target)
+    except ValueError:
+        return keys
+    if normalised != target:
+        keys.append(normalised)
+    return keys

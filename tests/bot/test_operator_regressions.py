@@ -128,6 +128,32 @@ def test_a_plain_http_webhook_url_is_a_settings_error():
         load_settings(_env_file=None, webhook_url="http://bot.example/", webhook_secret_token="s")
 
 
+@pytest.mark.parametrize("agent", ["Störywire/1", "a\nb", "   "])
+def test_a_user_agent_that_cannot_be_a_header_is_a_settings_error(agent):
+    """Non-ASCII was a traceback at the first fetch; a newline failed every fetch until each
+    feed was disabled."""
+    with pytest.raises(SettingsError, match="USER_AGENT"):
+        load_settings(_env_file=None, user_agent=agent)
+
+
+def test_an_env_file_that_is_not_utf8_is_one_line(tmp_path):
+    env = tmp_path / ".env"
+    env.write_bytes(b"LOG_LEVEL=\xff\xfe\n")
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        load_settings(_env_file=env)
+
+
+def test_feeds_remove_and_removefeed_find_a_url_as_it_was_added():
+    from bot.feeds.urls import feed_lookup_keys
+
+    assert feed_lookup_keys("https://Example.ORG/rss.xml") == [
+        "https://Example.ORG/rss.xml",
+        "https://example.org/rss.xml",
+    ]
+    assert feed_lookup_keys("https://news.example")[-1] == "https://news.example/"
+    assert feed_lookup_keys("7") == ["7"]
+
+
 @pytest.mark.parametrize("zone", ["Factory", "posixrules", "localtime"])
 def test_a_default_timezone_chats_could_not_use_is_refused(zone):
     with pytest.raises(SettingsError, match="DEFAULT_TIMEZONE"):

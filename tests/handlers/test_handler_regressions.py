@@ -323,3 +323,32 @@ async def test_a_command_deleted_before_the_answer_is_answered(api, settings):
         del api._messages[command]  # ... the command is deleted
         await api.wait_for_messages(1, chat_id=group, within=10)
     assert "09:00" in api.sent_to(group)[0].plain_text
+
+
+async def test_removefeed_finds_a_url_as_typed_to_addfeed(api, settings):
+    async with running_bot(settings):
+        added = await say(api, ADMIN, "/addfeed https://Example.ORG/rss.xml")
+        removed = await say(api, ADMIN, "/removefeed https://Example.ORG/rss.xml")
+    assert "added" in added[0], added
+    assert "No feed" not in removed[0], removed
+
+
+async def test_an_edited_command_is_not_run_again(api, settings):
+    """Editing "/follow 1" into "/follow 2" to fix a typo left both stories followed."""
+    async with running_bot(settings) as app:
+        engine = services_of(app).engine
+        first, second = make_story(engine, "Nara summit"), make_story(engine, "Apple iOS")
+        await say(api, USER, f"/follow {first}")
+        [message_id] = [m for c, m in api._messages if c == USER][:1]
+        edited = {
+            "message_id": message_id,
+            "date": 0,
+            "edit_date": 1,
+            "chat": api._chat(USER),
+            "from": api._user(USER),
+            "text": f"/follow {second}",
+            "entities": [{"type": "bot_command", "offset": 0, "length": 7}],
+        }
+        await api._push({"edited_message": edited})
+        replies = await say(api, USER, "/following")
+    assert "Nara summit" in replies[0] and "Apple iOS" not in "\n".join(replies), replies
