@@ -61,16 +61,22 @@ _ABBREVIATIONS = frozenset(  # word lists read better as one string than as 90 l
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])")
 _FINAL_PUNCTUATION = re.compile(r"[.!?…][\"'”’)\]]*$")
 _LAST_WORD = re.compile(r"([\w.]+)\.[\"'”’)\]]*$")
+# Whole phrases, not words: a story about copyright, cookies or Getty Images is news.
 _BOILERPLATE = re.compile(
-    r"click here|read more|continue reading|the post .* appeared first on|\bsubscribe\b|"
-    r"sign up|all rights reserved|copyright|©|follow us|\bcookies?\b|newsletter|"
-    r"listen to this article|\(END\)|^photo:|getty images",
+    r"click here|read more|read the (full|original)|continue reading|"
+    r"the post .* (appeared|was published) first on|first appeared on|"
+    r"originally (appeared|published) (on|in)|subscribe (to|now)|sign up (for|to|now)|"
+    r"all rights reserved|copyright \d{4}|©|follow us|we use cookies|"
+    r"listen to this article|\(END\)|^(photo(graph)?|image credit)\b\s*:",
     re.IGNORECASE,
 )
 _TRUNCATED = re.compile(r"(…|\.\.\.|\[…\]|\[\.\.\.\])\W*$")
+# A bare hyphen only after a wire kicker in capitals ("UPDATE 2-", "ANALYSIS-"): "Live-Action
+# Titanfall ..." is a headline, not a kicker.
 _KICKER = re.compile(
-    r"^(live|watch|video|listen|update\s*\d*|breaking|exclusive|analysis|opinion)\s*[:\-–—]\s*",
-    re.IGNORECASE,
+    r"^(?:(?i:live|watch|video|listen|update\s*\d*|breaking|exclusive|analysis|opinion)"
+    r"\s*(?::|\s[-–—])|(?:LIVE|WATCH|VIDEO|UPDATE\s*\d*|BREAKING|EXCLUSIVE|ANALYSIS|OPINION)"
+    r"\s*[-–—])\s*"
 )
 _DATELINE = re.compile(
     r"^[A-Z][A-Z .'-]{1,40}(,[^()\n]{1,30})?\s*(\([^)\n]{1,30}\))?\s*(--|—|–|-)\s+"

@@ -87,11 +87,12 @@ def story_update(
 
 
 def story_digest_parts(
-    story: Story, articles: Sequence[Article], *, new_count: int = 0
+    story: Story, articles: Sequence[Article], *, new_count: int = 0, outlet_count: int = 0
 ) -> list[OutgoingPart]:
     """Rendered message parts for one story update; the buttons ride on the last part.
-    `new_count` counts the new articles when more arrived than `articles` carries."""
-    update = story_update(story, articles, new_count=new_count)
+    `new_count` and `outlet_count` count the new articles and their outlets when more arrived
+    than `articles` carries."""
+    update = story_update(story, articles, new_count=new_count, outlet_count=outlet_count)
     chunks = render_story_digest(compose_story_digest(update))
     markup = keyboard_json(story_buttons(story.id, following=True))  # type: ignore[arg-type]
     return [
@@ -137,7 +138,8 @@ def _queue_one_update(
     articles = in_range[-MAX_ARTICLES_PER_DIGEST:]
     if not articles:
         return 0  # merged away since the read: the follow is pending on the survivor now
-    parts = story_digest_parts(story, articles, new_count=len(in_range))
+    outlets = len({(a.source or "").strip().casefold() for a in in_range} - {""})
+    parts = story_digest_parts(story, articles, new_count=len(in_range), outlet_count=outlets)
     queued = 0
     for follow in follows:
         if not advance_follow(

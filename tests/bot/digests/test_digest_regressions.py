@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bot import following as svc
+from bot.digests.compose import DigestArticle, StoryUpdate, compose_story_digest
 from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_digests
 from bot.digests.schedule import Debounce
 from store.articles import NewArticle, insert_articles
@@ -255,3 +256,67 @@ def test_the_top_stories_are_composed_once_for_all_groups_due_together(engine, m
     monkeypatch.setattr(queue, "top_story_coverage", lambda **kw: calls.append(1) or coverage(**kw))
     assert queue_group_digests(engine, now=T + timedelta(minutes=30), policy=POLICY) == 4
     assert len(calls) == 1
+
+
+# --- summary sentences and counts (an independent review of compose and render) ------------------
+
+
+def _update(*articles: tuple[str, str], source: str = "Outlet") -> StoryUpdate:
+    new = tuple(
+        DigestArticle(n, title, summary, f"https://n.example/{n}", f"{source} {n}", T)
+        for n, (title, summary) in enumerate(articles, start=1)
+    )
+    return StoryUpdate(1, articles[0][0], len(new), new)
+
+
+def _summary(update: StoryUpdate) -> str:
+    return " ".join(s.text for s in compose_story_digest(update).sentences)
+
+
+def test_a_hyphenated_first_word_is_not_taken_for_a_kicker():
+    """ "Live-Action Titanfall ..." (IGN, in the dev data) lost its first word."""
+    text = _summary(_update(("Live-Action Titanfall Collaboration Incoming", "")))
+    assert text.startswith("Live-Action Titanfall")
+    assert _summary(_update(("UPDATE 2-Stocks fall on China data", ""))).startswith("Stocks fall")
+
+
+def test_news_about_copyright_or_cookies_is_not_boilerplate():
+    """Bare words dropped every sentence of stories about these subjects."""
+    update = _update(
+        (
+            "Judge lets copyright lawsuit against OpenAI go ahead",
+            "The judge let the copyright case go ahead.",
+        ),
+        ("Google delays phasing out third-party cookies", "Google again delayed removing cookies."),
+    )
+    text = _summary(update)
+    assert "copyright" in text and "cookies" in text, text
+
+
+@pytest.mark.parametrize(
+    "boilerplate",
+    [
+        "This article was originally published on The Conversation.",
+        "The post Lee arrives in Nara first appeared on Korea Times.",
+        "Image credit: Kim Hong-Ji for Reuters via AP Images.",
+    ],
+)
+def test_publisher_boilerplate_is_not_summarised(boilerplate):
+    text = _summary(_update(("Lee arrives in Nara for summit", boilerplate)))
+    assert boilerplate not in text, text
+
+
+def test_a_follower_digest_counts_the_outlets_of_every_new_article(engine):
+    """The header counted only the outlets of the 50 articles it carries: "10 outlets" for a
+    burst of 120 articles from 110."""
+    story = _story(engine, "Snowden speaks at SXSW", T)
+    svc.follow_story_id(engine, USER, story, now=T)
+    for n in range(120):
+        _article(engine, story, f"outlet{n % 110}-{n}", f"Snowden at SXSW {n}", "", T)
+        with session_scope(engine) as session:  # the outlet is the part before the dash
+            article = session.get(Article, n + 1)
+            assert article is not None
+            article.source = f"Outlet {n % 110}"
+    assert queue_story_digests(engine, now=T + timedelta(minutes=20), policy=POLICY) == 1
+    [row] = outbox_rows(engine)
+    assert "(110 outlets)" in row.text, row.text[:400]
