@@ -114,23 +114,26 @@ def test_topic_follow_of_a_story_merged_meanwhile_follows_the_survivor(engine):
         assert [f.story_id for f in session.exec(select(Follow))] == [survivor]
 
 
-def test_a_story_unfollowed_is_not_followed_again_by_its_keywords(engine):
-    """The notice says "/unfollow ID to stop"; the next batch followed it again, silently (the
-    notice's dedup key had been used), and re-sent every article."""
+def _unfollowed_topic_story(engine) -> int:  # type: ignore[no-untyped-def]
+    """A story the chat's keywords followed, then the chat unfollowed."""
     svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
     story = _story(engine, "Mt Gox seeks US bankruptcy protection")
     assert svc.follow_matching_topics(engine, [story], now=T0)
     assert svc.unfollow(engine, CHAT, str(story), now=T0) is not None
+    return story
+
+
+def test_a_story_unfollowed_is_not_followed_again_by_its_keywords(engine):
+    """The notice says "/unfollow ID to stop"; the next batch followed it again, silently (the
+    notice's dedup key had been used), and re-sent every article."""
+    story = _unfollowed_topic_story(engine)
     assert svc.follow_matching_topics(engine, [story], now=T0) == []
     with session_scope(engine) as session:
         assert session.exec(select(Follow)).all() == []
 
 
 def test_nor_is_a_story_that_absorbed_one_unfollowed(engine):
-    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
-    absorbed = _story(engine, "Mt Gox seeks US bankruptcy protection")
-    svc.follow_matching_topics(engine, [absorbed], now=T0)
-    svc.unfollow(engine, CHAT, str(absorbed), now=T0)
+    absorbed = _unfollowed_topic_story(engine)
     survivor = _story(engine, "Mt Gox bitcoin exchange files for bankruptcy", articles=3)
     with session_scope(engine) as session:
         merge_stories(absorbed, survivor, session=session, now=T0)
@@ -138,10 +141,7 @@ def test_nor_is_a_story_that_absorbed_one_unfollowed(engine):
 
 
 def test_following_an_unfollowed_story_by_id_takes_the_opt_out_back(engine):
-    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
-    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
-    svc.follow_matching_topics(engine, [story], now=T0)
-    svc.unfollow(engine, CHAT, str(story), now=T0)
+    story = _unfollowed_topic_story(engine)
     with session_scope(engine) as session:
         assert len(session.exec(select(StoryOptOut)).all()) == 1
     assert svc.follow_story_id(engine, CHAT, story, now=T0).created
@@ -150,10 +150,7 @@ def test_following_an_unfollowed_story_by_id_takes_the_opt_out_back(engine):
 
 
 def test_an_opt_out_moves_with_a_group_to_its_supergroup(engine):
-    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
-    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
-    svc.follow_matching_topics(engine, [story], now=T0)
-    svc.unfollow(engine, CHAT, str(story), now=T0)
+    story = _unfollowed_topic_story(engine)
     with session_scope(engine) as session:
         migrate_chat(CHAT, -100123, session=session, now=T0)
     assert svc.follow_matching_topics(engine, [story], now=T0) == []
