@@ -71,12 +71,16 @@ def insert_articles(
     inserted: dict[str, int] = {}
     # One row per statement keeps RETURNING unambiguous when a batch holds internal duplicates.
     stmt = _insert_ignoring_duplicates(dialect).returning(table.c.id, table.c.entry_key)
+
+    def insert(row: dict) -> None:
+        got = session.execute(stmt, row).first()
+        if got is not None:  # else a duplicate, ignored
+            inserted[got.entry_key] = got.id
+
     try:
         with session.begin_nested():
             for row in rows:
-                got = session.execute(stmt, row).first()
-                if got is not None:
-                    inserted[got.entry_key] = got.id
+                insert(row)
     except (sa.exc.IntegrityError, sa.exc.DataError):
         # The database refused a row (a value it cannot store). Rolled back together, the rows
         # it could store would be lost too, and the same refusal would fail the feed every poll
@@ -85,7 +89,7 @@ def insert_articles(
         for row in rows:
             try:
                 with session.begin_nested():
-                    got = session.execute(stmt, row).first()
+                    insert(row)
             except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
                 log.warning(
                     "feed %s: the database refused entry %r (%s); it is left out",
@@ -93,9 +97,6 @@ def insert_articles(
                     row["entry_key"][:200],
                     str(exc.orig).splitlines()[0][:200],
                 )
-                continue
-            if got is not None:
-                inserted[got.entry_key] = got.id
     return [inserted[r["entry_key"]] for r in rows if r["entry_key"] in inserted]
 
 

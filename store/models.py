@@ -54,6 +54,11 @@ def _ts(*, nullable: bool = True, index: bool = False, default: bool = False) ->
     )
 
 
+# A feed's validators, as stored; the fetcher keeps none longer (bot.feeds.fetch.usable_validator).
+ETAG_MAX_LENGTH = 512
+LAST_MODIFIED_MAX_LENGTH = 128
+
+
 class FeedStatus:
     ACTIVE = "active"
     DISABLED = "disabled"  # too many failures, or 410 Gone; an admin may re-enable
@@ -69,8 +74,8 @@ class Feed(SQLModel, table=True):
     title: str | None = Field(default=None, max_length=500)
     site_url: str | None = Field(default=None, max_length=2048)
     status: str = Field(default=FeedStatus.ACTIVE, max_length=16, index=True)
-    etag: str | None = Field(default=None, max_length=512)
-    last_modified: str | None = Field(default=None, max_length=128)
+    etag: str | None = Field(default=None, max_length=ETAG_MAX_LENGTH)
+    last_modified: str | None = Field(default=None, max_length=LAST_MODIFIED_MAX_LENGTH)
     created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
     last_polled_at: datetime | None = Field(default=None, sa_column=_ts())
     last_success_at: datetime | None = Field(default=None, sa_column=_ts())

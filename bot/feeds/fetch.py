@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from store.models import ETAG_MAX_LENGTH, LAST_MODIFIED_MAX_LENGTH
+
 __all__ = ["FetchLimits", "FetchOutcome", "FetchResult", "fetch_feed", "make_http_client"]
 
 USER_AGENT = "Storywire/0.1 (+https://github.com/storywire/storywire)"
@@ -111,16 +113,12 @@ def _http_error(status: int) -> str:
     return f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".strip()
 
 
-# The columns that keep them (store.models.Feed): a longer value would fail the feed's whole
-# transaction on PostgreSQL, so it is not kept.
-ETAG_MAX, LAST_MODIFIED_MAX = 512, 128
-
-
 def usable_validator(value: str | None, limit: int) -> str | None:
     """A validator worth storing and sending back, or None.
 
     Only printable ASCII can go back in a request header (httpx refuses anything else, so a
-    stored "café" would fail every later poll before it is sent), and only what fits its column.
+    stored "café" would fail every later poll before it is sent), and only what fits its column
+    (a longer value would fail the feed's whole transaction on PostgreSQL).
     Without one the feed is fetched whole each time: slower, never wrong."""
     if not value or len(value) > limit or not value.isascii() or not value.isprintable():
         return None
@@ -182,8 +180,8 @@ async def _fetch(
     limits: FetchLimits,
 ) -> FetchResult:
     headers = {}
-    etag = usable_validator(etag, ETAG_MAX)
-    last_modified = usable_validator(last_modified, LAST_MODIFIED_MAX)
+    etag = usable_validator(etag, ETAG_MAX_LENGTH)
+    last_modified = usable_validator(last_modified, LAST_MODIFIED_MAX_LENGTH)
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
@@ -256,8 +254,8 @@ async def _finish(
     common = {"status": status, "final_url": current}
     # Only a URL that answered is worth storing: after 301 -> 404 the old URL still leads here.
     moved = current if permanent and current != url else None
-    new_etag = usable_validator(response.headers.get("etag"), ETAG_MAX)
-    new_modified = usable_validator(response.headers.get("last-modified"), LAST_MODIFIED_MAX)
+    new_etag = usable_validator(response.headers.get("etag"), ETAG_MAX_LENGTH)
+    new_modified = usable_validator(response.headers.get("last-modified"), LAST_MODIFIED_MAX_LENGTH)
     if status == 304:
         return FetchResult(
             FetchOutcome.NOT_MODIFIED,
