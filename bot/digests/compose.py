@@ -53,13 +53,20 @@ REDUNDANT = 0.7  # weighted share of a candidate's words already said that rules
 SUMMARY_SENTENCES = 4  # only a summary's first sentences: later ones are rarely the news
 CANDIDATE_BUDGET = 300  # similarity is quadratic in candidates; big bursts get fewer per article
 MAX_CANDIDATE_CHARS = 400
+CUT_LEDE_WORDS = 20  # an unpunctuated summary this long is a lede the feed cut off
 
 _ABBREVIATIONS = frozenset(  # word lists read better as one string than as 90 list lines
     "mr mrs ms dr prof st jr sr gen gov sen rep col lt sgt capt no vs etc inc corp ltd co jan feb "  # noqa: SIM905
-    "mar apr jun jul aug sep sept oct nov dec u.s u.k u.n e.u a.m p.m".split()
+    "mar apr jun jul aug sep sept oct nov dec mt ft u.s u.k u.n e.u a.m p.m".split()
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])")
-_FINAL_PUNCTUATION = re.compile(r"[.!?…][\"'”’)\]]*$")
+# A possible sentence end: Latin-style punctuation and a space, or the full-width marks of
+# Chinese and Japanese, which need no space. Whether a Latin-style one ends the sentence depends
+# on the next word (see _starts_sentence).
+_SENTENCE_BREAK = re.compile(
+    r"(?P<latin>(?<=[.!?؟।])[\"'”’»)\]]*\s+)|(?P<wide>(?<=[。！？])[\"'”’」』)\]]*\s*)"
+)
+_OPENING = '"“‘«„(['
+_FINAL_PUNCTUATION = re.compile(r"[.!?…。！？؟।][\"'”’»」』)\]]*$")
 _LAST_WORD = re.compile(r"([\w.]+)\.[\"'”’)\]]*$")
 # Whole phrases, not words: a story about copyright, cookies or Getty Images is news.
 _BOILERPLATE = re.compile(
@@ -151,7 +158,15 @@ class _Candidate:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of plain text, not split after "Mr." or "U.S." or an initial."""
-    pieces = _SENTENCE_END.split(" ".join(text.split()))
+    text = " ".join(text.split())
+    pieces: list[str] = []
+    start = 0
+    for found in _SENTENCE_BREAK.finditer(text):
+        end = found.end()
+        if end < len(text) and (found.group("wide") is not None or _starts_sentence(text[end:])):
+            pieces.append(text[start:end].rstrip())
+            start = end
+    pieces.append(text[start:])
     out: list[str] = []
     for piece in pieces:
         if out and _ends_in_abbreviation(out[-1]):
@@ -159,6 +174,13 @@ def split_sentences(text: str) -> list[str]:
         else:
             out.append(piece)
     return [s.strip() for s in out if s.strip()]
+
+
+def _starts_sentence(text: str) -> bool:
+    """A digit or a letter that is not lower case: a capital, or a letter of a script without
+    case (Arabic, Hebrew, Devanagari ...). Python's str methods know every script's case."""
+    first = text.lstrip(_OPENING)[:1]
+    return first.isdigit() or (first.isalpha() and not first.islower())
 
 
 def _ends_in_abbreviation(sentence: str) -> bool:
@@ -209,16 +231,33 @@ def _candidates(articles: Sequence[DigestArticle]) -> list[_Candidate]:
         title = _clean_title(article.title, article.source)
         if _usable(title, min_words=3):
             out.append(_Candidate(_as_sentence(title), i, 0, _content_words(title)))
-        summary = _DATELINE.sub("", " ".join(article.summary.split()))
-        for n, sentence in enumerate(split_sentences(summary)[:per_article], start=1):
-            if _usable(sentence, min_words=5):
-                out.append(_Candidate(_as_sentence(sentence), i, n, _content_words(sentence)))
+        # A summary sentence that only repeats the title and the outlet's name (Google News
+        # descriptions are exactly that) would outrank the title it copies.
+        heading = _content_words(f"{article.title} {article.source}")
+        for n, sentence in enumerate(_summary_sentences(article.summary)[:per_article], start=1):
+            words = _content_words(sentence)
+            if _usable(sentence, min_words=5) and not words <= heading:
+                out.append(_Candidate(_as_sentence(sentence), i, n, words))
     if not out:  # every title is a fragment or a wall of text: better clipped than silent
         for i, article in enumerate(articles):
             title = _clip(_clean_title(article.title, article.source))
             if title:
                 out.append(_Candidate(_as_sentence(title), i, 0, _content_words(title)))
     return out
+
+
+def _summary_sentences(summary: str) -> list[str]:
+    """The summary's sentences without its dateline, and without a last one the feed cut off.
+
+    Feeds cut descriptions at a fixed length, often mid-word and without "…". A last sentence
+    without closing punctuation is taken as cut when another sentence precedes it or when it
+    is as long as a lede (CUT_LEDE_WORDS); a short unpunctuated summary is a deck, and kept.
+    """
+    sentences = split_sentences(_DATELINE.sub("", " ".join(summary.split())))
+    cut = sentences and not _FINAL_PUNCTUATION.search(sentences[-1])
+    if cut and (len(sentences) > 1 or len(sentences[-1].split()) >= CUT_LEDE_WORDS):
+        sentences.pop()
+    return sentences
 
 
 def _clip(text: str, *, words: int = 40) -> str:

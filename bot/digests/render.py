@@ -46,6 +46,9 @@ _TAG = re.compile(r"<[^>]*>")
 _ATOM = re.compile(r"(<[^>]*>)|(&#?\w+;)|([^<&]+)")
 _WORDISH = re.compile(r"[^\s]+\s*|\s+")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*\s+$")
+# A final full stop that is part of the last word: an ellipsis, dotted initials ("U.S.", "a.m."),
+# or a company or name suffix. Citations go after it, not between the word and its dot.
+_KEEPS_ITS_STOP = re.compile(r"(\.\.|\b(?:\w\.){2,}|\b(?i:inc|corp|co|ltd|plc|jr|sr|etc)\.)$")
 
 # A break after an atom: 3 after a newline, 2 after a sentence, 1 after a space, 0 anywhere else.
 _Atom = tuple[str, int, int]  # (html, telegram length, break quality after it)
@@ -91,11 +94,12 @@ def _citations(numbers: Sequence[int]) -> str:
 
 
 def _sentence(sentence: CitedSentence) -> str:
-    """`Text [1][2].`: citations go before the closing punctuation, as in the target format."""
+    """`Text [1][2].`: citations go before the closing punctuation, as in the target format,
+    unless that full stop also belongs to a word ("the U.S.", "Apple Inc.", an ellipsis)."""
     text, cites = " ".join(sentence.text.split()), _citations(sentence.citations)
     if not cites:
         return _text(text)
-    if text and text[-1] in ".!?…":
+    if text and text[-1] in ".!?。！？" and not _KEEPS_ITS_STOP.search(text):
         return f"{_text(text[:-1].rstrip())} {cites}{text[-1]}"
     return f"{_text(text)} {cites}"
 
@@ -232,8 +236,8 @@ def render_story_digest(digest: StoryDigest) -> list[str]:
         intro = f"Sources ({plural(digest.outlet_count, 'outlet')}):"
         items = [_source(r) for r in digest.sources]
         unlisted = digest.new_count - len(digest.sources)
-        if unlisted > 0:
-            items.append(f"and {unlisted} more")
+        if unlisted > 0:  # the header counts outlets, so say what this counts
+            items.append(f"and {plural(unlisted, 'more article')}")
         paragraphs.append(([f"{intro} {items[0]}", *items[1:]], " · "))
     footer = f"All related articles ({digest.total_articles}): /story {digest.story_id}"
     paragraphs.append(([footer], "\n"))
@@ -248,8 +252,8 @@ def _group_story(n: int, digest: StoryDigest) -> list[str]:
     shown = digest.sources[: max(cited, GROUP_SOURCES)]
     links = " · ".join(_source(r) for r in shown)
     more = len(digest.sources) - len(shown) + max(digest.new_count - len(digest.sources), 0)
-    if more > 0:
-        links += f" · +{more}"
+    if more > 0:  # the line starts with a count of outlets, so say what this counts
+        links += f" · and {plural(more, 'more article')}"
     count = plural(digest.outlet_count, "source")
     lines.append(f"{count}: {links} · /story {digest.story_id}" if links else count)
     return lines

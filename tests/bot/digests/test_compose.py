@@ -166,3 +166,69 @@ def test_group_digest_has_one_cited_sentence_per_story():
     digests = compose_group_digest([update(SUMMIT), other])
     assert [len(d.sentences) for d in digests] == [1, 1]
     assert all(d.sentences[0].citations for d in digests)
+
+
+def test_sentences_split_in_scripts_without_latin_capitals():
+    assert split_sentences("Путин прибыл в Пекин. Переговоры продлятся два дня.") == [
+        "Путин прибыл в Пекин.",
+        "Переговоры продлятся два дня.",
+    ]
+    assert split_sentences("وصل الرئيس إلى نارا. وسيناقش الزعيمان التجارة.") == [
+        "وصل الرئيس إلى نارا.",
+        "وسيناقش الزعيمان التجارة.",
+    ]
+    assert split_sentences("李在明抵达奈良。两国领导人将讨论贸易！会谈持续两天？是的") == [
+        "李在明抵达奈良。",
+        "两国领导人将讨论贸易！",
+        "会谈持续两天？",
+        "是的",
+    ]
+    # a lower-case word after a full stop is no new sentence, in any script
+    assert split_sentences("Он прибыл в г. москва вчера.") == ["Он прибыл в г. москва вчера."]
+
+
+def test_a_title_in_another_script_is_not_given_a_latin_full_stop():
+    digest = compose_story_digest(update([article(1, "李在明抵达奈良。")]))
+    assert digest.sentences[0].text == "李在明抵达奈良。"
+
+
+def test_a_summary_cut_off_mid_sentence_loses_the_cut_sentence():
+    cut = article(
+        1,
+        "Lee arrives in Nara",
+        "President Lee arrived in Nara on Tuesday for a two-day summit with Takaichi. "
+        "The two leaders are expected to discuss trade, supply chains and the security of the reg",
+    )
+    lede_cut = article(
+        2,
+        "Summit opens in Nara",
+        "President Lee Jae-myung arrived in Nara on Tuesday for a two-day summit where he and the "
+        "Japanese prime minister are expected to discuss trade, supply chains and North Kor",
+    )
+    deck = article(3, "Leaders in Nara", "Lee and Takaichi open their two-day summit in Nara")
+    digest = compose_story_digest(update([cut, lede_cut, deck]), max_sentences=4, min_sentences=4)
+    texts = [s.text for s in digest.sentences]
+    assert not any(t.endswith(("reg.", "Kor.")) for t in texts), texts
+    assert "Lee and Takaichi open their two-day summit in Nara." in texts
+
+
+def test_a_summary_that_repeats_the_title_and_outlet_does_not_outrank_the_title():
+    # Google News descriptions are the headline and the outlet's name, nothing more
+    items = [
+        article(i, f"Mt. Gox files for US bankruptcy protection - {name}", source=name)
+        for i, name in enumerate(["Reuters", "Bloomberg", "CNBC"], start=1)
+    ]
+    items = [
+        type(a)(
+            a.article_id,
+            a.title,
+            f"{a.title.rsplit(' - ', 1)[0]}  {a.source}",
+            a.url,
+            a.source,
+            a.published,
+        )
+        for a in items
+    ]
+    digest = compose_story_digest(update(items))
+    assert digest.sentences[0].text == "Mt. Gox files for US bankruptcy protection."
+    assert digest.sentences[0].citations == (1, 2, 3)

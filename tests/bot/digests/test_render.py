@@ -90,7 +90,7 @@ def test_a_digest_renders_in_the_target_format():
         "Lee travelled to Nara [1][2]. Talks began [3].\n\n"
         'Sources (2 outlets): [1] <a href="https://yna.example/1">Yonhap</a> · '
         '[2] <a href="https://kyodo.example/2">Kyodo</a> · '
-        '[3] <a href="https://yna.example/3">Yonhap</a> · and 2 more\n\n'
+        '[3] <a href="https://yna.example/3">Yonhap</a> · and 2 more articles\n\n'
         "All related articles (12): /story 42"
     ]
 
@@ -200,12 +200,6 @@ def test_a_wall_without_spaces_is_cut_without_breaking_entities():
     assert wall in "".join(html.unescape(m) for m in messages)
 
 
-def test_unlisted_articles_are_counted_as_more():
-    burst = [article(i, f"Leaders meet in Nara for summit on trade, report {i}") for i in range(30)]
-    [message] = render_story_digest(compose_story_digest(update(burst)))
-    assert "· and 20 more" in message
-
-
 def test_group_digest_numbers_stories_with_one_cited_sentence_each():
     other = StoryUpdate(9, "Banana & merger", 3, (article(9, "Chiquita and Fyffes agree merger"),))
     digests = compose_group_digest([update(SUMMIT), other])
@@ -271,3 +265,29 @@ def test_plain_fallback_fits_telegram_counting_utf16():
     text = plain_fallback(html_message)
     assert len(text.encode("utf-16-le")) // 2 <= MAX_MESSAGE
     assert "https://" not in text  # the URL did not fit, so names only
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Leaders met in Nara.", "Leaders met in Nara [1][2]."),
+        ("Lee flew on to the U.S.", "Lee flew on to the U.S. [1][2]"),
+        ("Shares fell at Apple Inc.", "Shares fell at Apple Inc. [1][2]"),
+        ("And then the talks stalled...", "And then the talks stalled... [1][2]"),
+        ("And then the talks stalled…", "And then the talks stalled… [1][2]"),
+        ("The answer was no.", "The answer was no [1][2]."),
+        ("李在明抵达奈良。", "李在明抵达奈良 [1][2]。"),
+    ],
+)
+def test_citations_never_cut_an_abbreviation_or_an_ellipsis(text, shown):
+    [message] = render_story_digest(digest_of([text]))
+    assert f"\n\n{shown}\n\n" in message
+
+
+def test_the_more_after_the_sources_says_what_it_counts():
+    burst = [article(i, f"Leaders meet in Nara for summit on trade, report {i}") for i in range(30)]
+    [message] = render_story_digest(compose_story_digest(update(burst)))
+    assert "· and 20 more articles\n" in message
+    [group] = render_group_digest(compose_group_digest([update(burst)]), title="Top")
+    assert "· and 27 more articles · /story 42" in group
+    assert "+27" not in group
