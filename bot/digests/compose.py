@@ -14,10 +14,15 @@ a prior:
 
 Sentences are picked greedily by score discounted by the share of their words already said
 (maximal marginal relevance, words weighted by IDF over the articles); near-duplicates of a
-chosen sentence (token_set_ratio >= DUPLICATE) are never picked. A sentence cites its own article
-and every article with a candidate at token_set_ratio >= SUPPORT whose text also repeats most of
-the sentence's IDF-weighted words: token_set_ratio alone scores 100 whenever one text's words are
-a subset of the other's, and the names every outlet repeats prove nothing.
+chosen sentence (token_set_ratio >= DUPLICATE) are never picked, nor paraphrases: sentences most
+of whose words (PARAPHRASE, unweighted) the chosen ones already used. IDF weighting alone lets
+one rare synonym ("Sbarro *declares* bankruptcy") pass for news. Once the minimum is met, a
+sentence scoring under RELEVANT of the first one is filler and ends the summary.
+
+A sentence cites its own article and every article with a candidate at token_set_ratio >= SUPPORT
+whose text also repeats most of the sentence's IDF-weighted words: token_set_ratio alone scores
+100 whenever one text's words are a subset of the other's, and the names every outlet repeats
+prove nothing.
 
 Pure functions over plain dataclasses; ties go to the earlier article, so output is
 deterministic.
@@ -50,6 +55,8 @@ DUPLICATE = 80  # token_set_ratio at which two sentences say the same thing
 SUPPORT = 70  # token_set_ratio at which another article's sentence backs a chosen one
 SUPPORT_COVERAGE = 0.6  # weighted share of a chosen sentence's words a backer must repeat
 REDUNDANT = 0.7  # weighted share of a candidate's words already said that rules it out
+PARAPHRASE = 0.6  # unweighted share of a candidate's words said already: it says it again
+RELEVANT = 0.3  # past the minimum, a sentence scoring under this share of the first is filler
 SUMMARY_SENTENCES = 4  # only a summary's first sentences: later ones are rarely the news
 CANDIDATE_BUDGET = 300  # similarity is quadratic in candidates; big bursts get fewer per article
 MAX_CANDIDATE_CHARS = 400
@@ -348,6 +355,8 @@ def _select(
     article_words = _article_words(candidates, n_articles)
     weight = _weights(article_words)
     taken: list[int] = []
+    said_words: set[str] = set()
+    first_score = 0.0
     # A second pass relaxes "mostly said already" to reach the minimum; duplicates stay out.
     for redundant, wanted in ((REDUNDANT, limit), (1.0, minimum)):
         while len(taken) < wanted:
@@ -358,12 +367,17 @@ def _select(
                 said = max(
                     (_coverage(cand.words, candidates[t].words, weight) for t in taken), default=0
                 )
+                if cand.words and len(cand.words & said_words) >= PARAPHRASE * len(cand.words):
+                    said = 1.0
                 score = scores[i] * (1 - said)
                 if said < redundant and (best < 0 or score > best_score):
                     best, best_score = i, score
-            if best < 0:
+            if best < 0 or (taken and redundant < 1.0 and best_score < RELEVANT * first_score):
                 break
+            if not taken:
+                first_score = best_score
             taken.append(best)
+            said_words |= candidates[best].words
     chosen = []
     for i in taken:
         cand = candidates[i]

@@ -232,3 +232,24 @@ def test_a_summary_that_repeats_the_title_and_outlet_does_not_outrank_the_title(
     digest = compose_story_digest(update(items))
     assert digest.sentences[0].text == "Mt. Gox files for US bankruptcy protection."
     assert digest.sentences[0].citations == (1, 2, 3)
+
+
+MTA = [
+    "Metro-North worker struck and killed by train in East Harlem",
+    "Metro-North employee killed by train in Harlem identified",
+    "Metro-North worker killed by train while working on the tracks",
+    "Hudson line service restored after two-hour suspension",
+]
+
+
+def test_paraphrased_headlines_are_said_once():
+    digest = compose_story_digest(update([article(i, t) for i, t in enumerate(MTA, start=1)]))
+    texts = [s.text for s in digest.sentences]
+    assert sum("killed by train" in t for t in texts) == 1, texts
+    assert "Hudson line service restored after two-hour suspension." in texts
+
+
+def test_a_headline_far_off_the_story_does_not_pad_the_summary():
+    titles = [*MTA, "Without a Trace"]
+    digest = compose_story_digest(update([article(i, t) for i, t in enumerate(titles, start=1)]))
+    assert "Without a Trace." not in [s.text for s in digest.sentences]
