@@ -138,8 +138,7 @@ def _queue_one_update(
     articles = in_range[-MAX_ARTICLES_PER_DIGEST:]
     if not articles:
         return 0  # merged away since the read: the follow is pending on the survivor now
-    outlets = len({(a.source or "").strip().casefold() for a in in_range} - {""})
-    parts = story_digest_parts(story, articles, new_count=len(in_range), outlet_count=outlets)
+    parts = story_digest_parts(story, articles, new_count=len(in_range))
     queued = 0
     for follow in follows:
         if not advance_follow(

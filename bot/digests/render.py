@@ -225,7 +225,7 @@ def render_story_digest(digest: StoryDigest) -> list[str]:
         (
             [
                 f"<b>{_text(_clip(digest.headline, HEADLINE_LIMIT))}</b>",
-                f"Updated ({plural(digest.new_count, 'new article')})",
+                f"Updated ({plural(digest.new_count, 'article')})",
             ],
             "\n",
         )
@@ -233,13 +233,16 @@ def render_story_digest(digest: StoryDigest) -> list[str]:
     if digest.sentences:
         paragraphs.append(([_sentence(s) for s in digest.sentences], " "))
     if digest.sources:
-        intro = f"Sources ({plural(digest.outlet_count, 'outlet')}):"
+        intro = f"Sources ({plural(len(digest.sources), 'article')}):"
         items = [_source(r) for r in digest.sources]
         unlisted = digest.new_count - len(digest.sources)
-        if unlisted > 0:  # the header counts outlets, so say what this counts
+        if unlisted > 0:
             items.append(f"and {plural(unlisted, 'more article')}")
         paragraphs.append(([f"{intro} {items[0]}", *items[1:]], " · "))
-    footer = f"All related articles ({digest.total_articles}): /story {digest.story_id}"
+    footer = (
+        f"All related articles ({plural(digest.total_articles, 'article')}): "
+        f"/story {digest.story_id}"
+    )
     paragraphs.append(([footer], "\n"))
     return _pack(paragraphs)
 
@@ -254,7 +257,7 @@ def _group_story(n: int, digest: StoryDigest) -> list[str]:
     more = len(digest.sources) - len(shown) + max(digest.new_count - len(digest.sources), 0)
     if more > 0:  # the line starts with a count of outlets, so say what this counts
         links += f" · and {plural(more, 'more article')}"
-    count = plural(digest.outlet_count, "source")
+    count = plural(digest.outlet_count, "outlet")
     lines.append(f"{count}: {links} · /story {digest.story_id}" if links else count)
     return lines
 

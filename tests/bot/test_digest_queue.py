@@ -41,7 +41,7 @@ def test_a_burst_of_articles_is_one_digest_after_the_quiet_period(engine):
         assert queue_story_digests(engine, now=T + timedelta(minutes=minute), policy=POLICY) == 0
     assert queue_story_digests(engine, now=T + timedelta(minutes=14), policy=POLICY) == 1
     [row] = outbox_rows(engine)
-    assert "Updated (5 new articles)" in row.text
+    assert "Updated (5 articles)" in row.text
     assert json.loads(row.reply_markup)["inline_keyboard"][0][0]["callback_data"] == f"unf:{story}"
 
 
@@ -63,7 +63,7 @@ def test_the_same_articles_are_never_queued_twice(engine):
     add_articles(engine, story, 1, later, tag="b")
     assert queue_story_digests(engine, now=later + timedelta(minutes=20), policy=POLICY) == 1
     first, second = outbox_rows(engine)
-    assert "Updated (2 new articles)" in first.text and "Updated (1 new article)" in second.text
+    assert "Updated (2 articles)" in first.text and "Updated (1 article)" in second.text
 
 
 def test_articles_before_the_follow_are_not_sent(engine):

@@ -119,8 +119,8 @@ async def test_a_follower_gets_a_digest_when_the_story_moves(api, settings, feed
         _make_feeds_due(services)
         await api.wait_for(lambda: any("Updated (" in m.text for m in api.sent_to(USER)), within=20)
     digest = next(m for m in api.sent_to(USER) if "Updated (" in m.text)
-    assert "Updated (2 new articles)" in digest.text
-    assert "[1]" in digest.text and "Sources (2 outlets)" in digest.text
+    assert "Updated (2 articles)" in digest.text
+    assert "[1]" in digest.text and "Sources (2 articles)" in digest.text
     assert "AP" in digest.text and "CNN" in digest.text
     assert f"/story {story_id}" in digest.text
     assert digest.reply_markup["inline_keyboard"][0][0]["callback_data"] == f"unf:{story_id}"

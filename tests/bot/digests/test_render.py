@@ -86,20 +86,20 @@ def test_a_digest_renders_in_the_target_format():
     )
     assert render_story_digest(digest) == [
         "<b>Lee's Nara Summit Reinforces Korea-Japan Ties</b>\n"
-        "Updated (5 new articles)\n\n"
+        "Updated (5 articles)\n\n"
         "Lee travelled to Nara [1][2]. Talks began [3].\n\n"
-        'Sources (2 outlets): [1] <a href="https://yna.example/1">Yonhap</a> · '
+        'Sources (3 articles): [1] <a href="https://yna.example/1">Yonhap</a> · '
         '[2] <a href="https://kyodo.example/2">Kyodo</a> · '
         '[3] <a href="https://yna.example/3">Yonhap</a> · and 2 more articles\n\n'
-        "All related articles (12): /story 42"
+        "All related articles (12 articles): /story 42"
     ]
 
 
 def test_a_composed_digest_is_one_valid_message():
     [message] = render_story_digest(compose_story_digest(update(SUMMIT)))
     assert_valid_telegram_html(message)
-    assert "Sources (5 outlets): [1] <a href=" in message
-    assert message.endswith("All related articles (12): /story 42")
+    assert "Sources (5 articles): [1] <a href=" in message
+    assert message.endswith("All related articles (12 articles): /story 42")
 
 
 def test_hostile_feed_text_is_escaped_into_valid_telegram_html():
@@ -158,14 +158,14 @@ def test_chunks_break_between_paragraphs_when_paragraphs_fit():
     assert messages[0].startswith("<b>Headline</b>") and messages[0].endswith(
         "summit in Nara [1][2]."
     )
-    assert messages[1].startswith("Sources (10 outlets): [1] <a href=")
+    assert messages[1].startswith("Sources (10 articles): [1] <a href=")
 
 
 def test_a_paragraph_too_long_for_one_message_splits_between_sentences():
     sentences = [f"Sentence number {i} says something new about the summit." for i in range(150)]
     messages = render_story_digest(digest_of(sentences))
     assert len(messages) > 1
-    assert messages[0].startswith("<b>Headline</b>\nUpdated (2 new articles)\n\nSentence number 0 ")
+    assert messages[0].startswith("<b>Headline</b>\nUpdated (2 articles)\n\nSentence number 0 ")
     for message in messages:
         assert_valid_telegram_html(message)
     joined = "\n\n".join(messages)
@@ -207,7 +207,7 @@ def test_group_digest_numbers_stories_with_one_cited_sentence_each():
     assert_valid_telegram_html(message)
     assert message.startswith("<b>Top stories — Tue 25 Nov</b>\n\n<b>1. Lee's Nara Summit")
     assert "<b>2. Banana &amp; merger</b>\nChiquita and Fyffes agree merger [1].\n" in message
-    assert "1 source: [1] <a href=" in message and message.endswith("/story 9")
+    assert "1 outlet: [1] <a href=" in message and message.endswith("/story 9")
 
 
 def test_a_long_group_digest_fits_telegram():
