@@ -434,6 +434,32 @@ async def check_token(settings: Settings) -> None:
         ) from None
 
 
+def _cannot_listen(settings: Settings, exc: OSError) -> SettingsError:
+    host = settings.webhook_listen
+    where = f"[{host}]" if ":" in host else host
+    return SettingsError(
+        f"cannot listen for webhooks on {where}:{settings.webhook_port} "
+        f"(WEBHOOK_LISTEN, WEBHOOK_PORT): {exc.strerror or exc}"
+    )
+
+
+def check_webhook_listen(settings: Settings) -> None:
+    """Bind WEBHOOK_LISTEN:WEBHOOK_PORT as the webhook server will, then let go; SettingsError in
+    one line if it cannot (a name that does not resolve, an address not on this machine, a port
+    in use).
+
+    PTB binds only once it has started the bot and set the webhook with Telegram, and a failure
+    there ends `run_webhook` in a traceback."""
+    from tornado.netutil import bind_sockets
+
+    try:
+        sockets = bind_sockets(settings.webhook_port, settings.webhook_listen)
+    except OSError as exc:
+        raise _cannot_listen(settings, exc) from None
+    for sock in sockets:
+        sock.close()
+
+
 def run(settings: Settings) -> None:
     """`storywire run`: long polling, or a webhook when WEBHOOK_URL is set."""
     secret = (
@@ -449,16 +475,22 @@ def run(settings: Settings) -> None:
                 "WEBHOOK_URL is set but the webhook server is not installed: "
                 "pip install 'python-telegram-bot[webhooks]'"
             ) from None
+        check_webhook_listen(settings)
     asyncio.run(check_token(settings))
     application = build_application(settings)
     if settings.webhook_url:
-        application.run_webhook(
-            listen=settings.webhook_listen,
-            port=settings.webhook_port,
-            url_path="telegram",
-            webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
-            secret_token=secret,
-            allowed_updates=Update.ALL_TYPES,
-        )
+        try:
+            application.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                url_path="telegram",
+                webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
+                secret_token=secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        except OSError as exc:
+            # The bind, from inside the updater's start_webhook, unwrapped: the port was taken
+            # after the check above. PTB has shut the application down by the time it gets here.
+            raise _cannot_listen(settings, exc) from None
     else:
         application.run_polling(allowed_updates=Update.ALL_TYPES)

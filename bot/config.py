@@ -5,6 +5,7 @@ Built once in `main()` and passed down; nothing reads `os.environ` elsewhere.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,11 @@ DEFAULT_API_BASE_URL = "https://api.telegram.org"
 # 1-256 of these characters. Anything else Telegram refuses only once the bot is starting.
 TOKEN_SHAPE = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
 WEBHOOK_SECRET_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+HOST_NAME_SHAPE = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 
 class SettingsError(Exception):
@@ -106,6 +112,21 @@ class Settings(BaseSettings):
         if value is not None and not value.strip().lower().startswith("https://"):
             raise ValueError("Telegram only delivers webhooks to an https:// URL")
         return value.strip() if value is not None else None
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _check_webhook_listen(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            # a last label of digits only is a mistyped IPv4 address (999.1.1.1, 10.0.1), no name
+            last = value.rstrip(".").rsplit(".", 1)[-1]
+            if not HOST_NAME_SHAPE.match(value) or last.isdecimal():
+                raise ValueError(
+                    "expected an IP address (such as 127.0.0.1, 0.0.0.0 or ::) or a host name"
+                ) from None
+        return value
 
     @field_validator("webhook_secret_token")
     @classmethod

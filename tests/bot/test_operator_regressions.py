@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -213,12 +216,21 @@ def test_postgresql_without_its_driver_says_what_to_install(env, capsys, monkeyp
 # --- storywire run --------------------------------------------------------------------------------
 
 
-async def _storywire_run(tmp_path, token: str, api_url: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+async def _storywire_run(
+    tmp_path: Path,
+    token: str,
+    api_url: str,
+    *,
+    started: Awaitable[object] | None = None,
+    **env: str,
+) -> tuple[int, str]:
+    """Run `storywire run` to its end: exit status and stderr. `started` is awaited meanwhile."""
     environ = dict(
         os.environ,
         TELEGRAM_BOT_TOKEN=token,
         TELEGRAM_API_BASE_URL=api_url,
         DATABASE_URL=f"sqlite:///{tmp_path / 'run.db'}",
+        **env,
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -231,6 +243,8 @@ async def _storywire_run(tmp_path, token: str, api_url: str) -> tuple[int, str]:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        if started is not None:
+            await started
         _, err = await asyncio.wait_for(process.communicate(), 60)
     finally:
         if process.returncode is None:
@@ -255,6 +269,94 @@ async def test_an_unreachable_bot_api_is_one_line_naming_the_setting(tmp_path):
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "TELEGRAM_API_BASE_URL" in lines[0], err
+
+
+def _webhook_env(listen: str, port: int) -> dict[str, str]:
+    return {
+        "WEBHOOK_URL": "https://bot.example/",
+        "WEBHOOK_SECRET_TOKEN": "s3cret",
+        "WEBHOOK_LISTEN": listen,
+        "WEBHOOK_PORT": str(port),
+    }
+
+
+@contextmanager
+def _occupied_port(port: int = 0) -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("listen", ["999.1.1.1", "1.2.3", "not an address", "-bot-.example", ""])
+def test_a_webhook_listen_that_is_no_address_is_a_settings_error(listen):
+    with pytest.raises(SettingsError, match="WEBHOOK_LISTEN"):
+        load_settings(_env_file=None, webhook_listen=listen)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "bot.lan"])
+def test_a_webhook_listen_address_or_host_name_is_accepted(listen):
+    assert load_settings(_env_file=None, webhook_listen=listen).webhook_listen == listen
+
+
+async def test_a_webhook_port_in_use_is_one_line_naming_it(tmp_path):
+    """It was a traceback from deep inside tornado, after the webhook was set with Telegram."""
+    async with FakeBotApi() as api:
+        with _occupied_port() as port:
+            code, err = await _storywire_run(
+                tmp_path, api.token, api.url, **_webhook_env("127.0.0.1", port)
+            )
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"127.0.0.1:{port}" in lines[0] and "WEBHOOK_PORT" in lines[0], err
+    assert "in use" in lines[0], err
+    assert api.calls("setWebhook") == []
+
+
+async def test_a_webhook_address_this_machine_does_not_have_is_one_line(tmp_path):
+    # 192.0.2.1 is TEST-NET-1: no interface has it, and binding it asks no one
+    async with FakeBotApi() as api:
+        code, err = await _storywire_run(
+            tmp_path, api.token, api.url, **_webhook_env("192.0.2.1", 8443)
+        )
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "192.0.2.1:8443" in lines[0], err
+    assert "WEBHOOK_LISTEN" in lines[0], err
+
+
+async def test_a_webhook_port_taken_while_the_bot_starts_is_one_line(tmp_path):
+    """The port was free when checked, and taken before the webhook server bound it."""
+    port = _free_port()
+    async with FakeBotApi() as api:
+        # the webhook server binds right after this answer; the test takes the port meanwhile
+        api.delay("setWebhook", 2)
+        with ExitStack() as stack:
+
+            async def take_port() -> None:
+                await api.wait_for(lambda: bool(api.calls("setWebhook")), within=30)
+                stack.enter_context(_occupied_port(port))
+
+            code, err = await _storywire_run(
+                tmp_path,
+                api.token,
+                api.url,
+                started=take_port(),
+                **_webhook_env("127.0.0.1", port),
+            )
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("storywire: ") and f"127.0.0.1:{port}" in last, err
+    assert "in use" in last, err
 
 
 async def test_stopping_the_bot_lets_its_matcher_lease_go(api, tmp_path):
