@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from bot.digests.schedule import (
     digest_day,
@@ -34,14 +34,17 @@ from store.follows import (
     chat_follows,
     chat_topics,
     clear_opt_out,
+    find_topic,
     follow_story,
     get_follow,
     opt_out,
     opted_out_chats,
     remove_topic,
+    set_follow_topic,
+    topic_story_follows,
     unfollow_story,
 )
-from store.models import MAX_ROW_ID, Article, Chat, Story
+from store.models import MAX_ROW_ID, Article, Chat, Story, TopicFollow
 from store.outbox import cancel_story_digests, unpark_chat
 from store.stories import merged_story_ids, resolve_story, top_story_coverage
 
@@ -251,10 +254,14 @@ def follow_story_id(
         newest = session.execute(
             sa.select(sa.func.max(Article.id)).where(col(Article.story_id) == story_id)
         ).scalar_one_or_none()
-        _, created = follow_story(
+        follow, created = follow_story(
             chat_id, story_id, session=session, now=now, from_article_id=newest or 0
         )
-        clear_opt_out(chat_id, story_id, session=session)  # asked for by name: wanted again
+        # asked for by name: wanted again, and for itself, so unfollowing a topic that followed
+        # it first leaves it
+        clear_opt_out(chat_id, story_id, session=session)
+        if follow.topic_id is not None:
+            set_follow_topic(follow, None, session=session)
         return FollowResult(_card(story), created)
 
 
@@ -275,7 +282,16 @@ def follow_topic(
     return FollowResult(None, created, topic=words.strip()[:MAX_QUERY], matched_now=matches)
 
 
-def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Unfollowed:
+    """What /unfollow stopped: a story (its headline) or a topic (its words as typed)."""
+
+    name: str
+    topic: bool = False
+    stories: int = 0  # of a topic: the stories it had followed that the chat no longer follows
+
+
+def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> Unfollowed | None:
     """Unfollow a story id or a topic; returns what was unfollowed, or None."""
     with session_scope(engine) as session:
         # a longer number is no story id (nor fits the column): it can only be a topic's words
@@ -290,12 +306,38 @@ def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> str
                 # and the digests of it still queued (of stories merged into it, too)
                 ids = [story_id, *merged_story_ids(story_id, session=session)]  # type: ignore[list-item]
                 cancel_story_digests(chat_id, ids, session=session)
-                return story.headline if story else f"story {story_id}"
+                return Unfollowed(story.headline if story else f"story {story_id}")
             return None
         key = topic_key(target)
-        if key and remove_topic(chat_id, key, session=session):
-            return f"topic “{target.strip()}”"
-        return None
+        topic = find_topic(chat_id, key, session=session) if key else None
+        if topic is None:
+            return None
+        stopped = _end_topic_follows(topic, session=session)
+        remove_topic(chat_id, key, session=session)
+        return Unfollowed(target.strip(), topic=True, stories=stopped)
+
+
+def _end_topic_follows(topic: TopicFollow, *, session: Session) -> int:
+    """End the story follows the topic made; returns how many ended.
+
+    A story another of the chat's topics matches stays followed, for that topic now. No opt-out
+    is recorded: the chat gave up the words, not the story, and following the words again (or
+    other words that match it) should follow it again. Its digests still queued are dropped, as
+    for a story unfollowed by id.
+    """
+    chat_id = topic.chat_id
+    others = [t for t in chat_topics(chat_id, session=session) if t.id != topic.id]
+    ended = 0
+    for follow, story in topic_story_follows(topic.id, session=session):  # type: ignore[arg-type]
+        keeper = next((t for t in others if topic_matches(t.query_key, story.headline)), None)
+        if keeper is not None:
+            set_follow_topic(follow, keeper.id, session=session)
+            continue
+        unfollow_story(chat_id, follow.story_id, session=session)
+        ids = [follow.story_id, *merged_story_ids(follow.story_id, session=session)]
+        cancel_story_digests(chat_id, ids, session=session)
+        ended += 1
+    return ended
 
 
 @dataclass(frozen=True, slots=True)

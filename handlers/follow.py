@@ -89,8 +89,13 @@ async def unfollow(update: Update, context: StorywireContext) -> None:
     )
     if done is None:
         await reply(update, f"This chat does not follow “{esc(text)}”. See /following.")
+    elif not done.topic:
+        await reply(update, f"Unfollowed {esc(done.name)}.")
+    elif done.stories:
+        stories = "1 story" if done.stories == 1 else f"{done.stories} stories"
+        await reply(update, f"Unfollowed topic “{esc(done.name)}” and {stories} it followed.")
     else:
-        await reply(update, f"Unfollowed {esc(done)}.")
+        await reply(update, f"Unfollowed topic “{esc(done.name)}”.")
 
 
 async def following(update: Update, context: StorywireContext) -> None:

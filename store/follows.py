@@ -116,14 +116,35 @@ def mute_follow(follow: Follow, until: datetime | None, *, session: Session) -> 
     session.add(follow)
 
 
-def add_topic(
-    chat_id: int, query: str, query_key: str, *, session: Session, now: datetime
-) -> tuple[TopicFollow, bool]:
-    existing = session.exec(
+def set_follow_topic(follow: Follow, topic_id: int | None, *, session: Session) -> None:
+    """Record which topic the follow stands for; None: the chat followed the story by id, and
+    unfollowing a topic leaves it."""
+    follow.topic_id = topic_id
+    session.add(follow)
+
+
+def topic_story_follows(topic_id: int, *, session: Session) -> Sequence[tuple[Follow, Story]]:
+    """The follows that stand for this topic: it made them, and no follow by id took them over."""
+    return session.exec(
+        select(Follow, Story)
+        .join(Story, col(Story.id) == col(Follow.story_id))
+        .where(Follow.topic_id == topic_id)
+        .order_by(col(Follow.id))
+    ).all()
+
+
+def find_topic(chat_id: int, query_key: str, *, session: Session) -> TopicFollow | None:
+    return session.exec(
         select(TopicFollow)
         .where(TopicFollow.chat_id == chat_id)
         .where(TopicFollow.query_key == query_key)
     ).first()
+
+
+def add_topic(
+    chat_id: int, query: str, query_key: str, *, session: Session, now: datetime
+) -> tuple[TopicFollow, bool]:
+    existing = find_topic(chat_id, query_key, session=session)
     if existing is not None:
         return existing, False
     topic = TopicFollow(chat_id=chat_id, query=query, query_key=query_key, created_at=now)

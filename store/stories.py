@@ -77,7 +77,8 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     """Move the absorbed story's articles and follows to the survivor, in the caller's transaction.
 
     A chat that followed both keeps one follow, with the watermark that loses nothing and repeats
-    nothing when there is one (see `_merged_watermark`); a chat that followed only the absorbed
+    nothing when there is one (see `_merged_watermark`), followed by id if either was (so that
+    unfollowing a topic leaves it); a chat that followed only the absorbed
     story now follows the survivor from its own watermark, so what it had not been sent still
     comes. The absorbed row stays, pointing at
     the survivor, so old buttons and `/story` ids keep working.
@@ -107,7 +108,8 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
             session.add(follow)
             continue
         kept.last_digested_article_id = watermarks[follow.chat_id]
-        kept.topic_id = kept.topic_id or follow.topic_id
+        if follow.topic_id is None:
+            kept.topic_id = None
         session.add(kept)
         session.delete(follow)
     session.execute(

@@ -74,7 +74,7 @@ def test_unfollow_story_and_topic(engine):
     story_id = _story(engine, "Storm hits coast")
     svc.follow_story_id(engine, CHAT, story_id, now=T0)
     svc.follow_topic(engine, CHAT, "Bitcoin exchange", now=T0)
-    assert svc.unfollow(engine, CHAT, str(story_id), now=T0) == "Storm hits coast"
+    assert svc.unfollow(engine, CHAT, str(story_id), now=T0) == svc.Unfollowed("Storm hits coast")
     assert svc.unfollow(engine, CHAT, "exchange bitcoin", now=T0) is not None
     assert svc.unfollow(engine, CHAT, "nothing here", now=T0) is None
     state = svc.following(engine, CHAT)
@@ -274,3 +274,93 @@ def test_merges_chain_to_the_last_survivor(engine):
         assert resolve_story(a, session=session).id == c
         assert resolve_story(b, session=session).id == c
         assert resolve_story(999, session=session) is None
+
+
+# --- unfollowing a topic ---------------------------------------------------------------------
+
+
+def _topic_stories(engine, words: str, *headlines: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """Stories the chat's topic `words` followed (the topic is followed first if it is not)."""
+    svc.follow_topic(engine, CHAT, words, now=T0)
+    ids = [_story(engine, h) for h in headlines]
+    created = svc.follow_matching_topics(engine, ids, now=T0)
+    assert sorted(card.id for _, card, _ in created) == ids
+    return ids
+
+
+def _followed(engine) -> list[int]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return sorted(f.story_id for f in session.exec(select(Follow)))
+
+
+def test_unfollowing_a_topic_ends_the_story_follows_it_made(engine):
+    """They stayed: "/unfollow bitcoin" after "/follow bitcoin" kept the bitcoin digests coming."""
+    _topic_stories(engine, "bitcoin", "Bitcoin falls below $60,000", "Bitcoin ETF approved")
+    done = svc.unfollow(engine, CHAT, "Bitcoin", now=T0)
+    assert _followed(engine) == []
+    assert done == svc.Unfollowed("Bitcoin", topic=True, stories=2)
+
+
+def test_unfollowing_a_topic_keeps_the_stories_followed_by_id(engine):
+    before = _story(engine, "Bitcoin miners move to Texas")
+    svc.follow_story_id(engine, CHAT, before, now=T0)  # by id, then matched by the topic
+    [after] = _topic_stories(engine, "bitcoin", "Bitcoin falls below $60,000")
+    svc.follow_matching_topics(engine, [before], now=T0)
+    assert not svc.follow_story_id(engine, CHAT, after, now=T0).created  # by id once followed
+    assert svc.unfollow(engine, CHAT, "bitcoin", now=T0) == svc.Unfollowed(
+        "bitcoin", topic=True, stories=0
+    )
+    assert _followed(engine) == sorted([before, after])
+
+
+def test_unfollowing_a_topic_keeps_a_story_another_topic_follows(engine):
+    [story] = _topic_stories(engine, "bitcoin", "Mt Gox bitcoin exchange files for bankruptcy")
+    svc.follow_topic(engine, CHAT, "Mt Gox", now=T0)  # matches it as well, followed since
+    assert svc.unfollow(engine, CHAT, "bitcoin", now=T0).stories == 0  # type: ignore[union-attr]
+    assert _followed(engine) == [story]
+    # and the one still followed answers for it now
+    assert svc.unfollow(engine, CHAT, "Mt Gox", now=T0).stories == 1  # type: ignore[union-attr]
+    assert _followed(engine) == []
+
+
+@pytest.mark.parametrize("by_id", ["survivor", "absorbed"])
+def test_a_story_followed_by_id_stays_followed_by_id_when_merged(engine, by_id):
+    [by_topic] = _topic_stories(engine, "bitcoin", "Bitcoin falls below $60,000")
+    other = _story(engine, "Crypto markets slide")
+    svc.follow_story_id(engine, CHAT, other, now=T0)
+    survivor, absorbed = (other, by_topic) if by_id == "survivor" else (by_topic, other)
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T0)
+    assert svc.unfollow(engine, CHAT, "bitcoin", now=T0).stories == 0  # type: ignore[union-attr]
+    assert _followed(engine) == [survivor]
+
+
+def test_unfollowing_a_topic_drops_the_digests_queued_for_its_stories(engine):
+    kept = _story(engine, "Storm hits coast")
+    svc.follow_story_id(engine, CHAT, kept, now=T0)
+    [story] = _topic_stories(engine, "bitcoin", "Bitcoin falls below $60,000")
+    with session_scope(engine) as session:
+        for story_id in (kept, story):
+            enqueue(
+                CHAT,
+                [OutgoingPart(f"digest {story_id}")],
+                session=session,
+                kind="story_digest",
+                story_id=story_id,
+                dedup_key=f"story:{CHAT}:{story_id}:1",
+                now=T0,
+            )
+    svc.unfollow(engine, CHAT, "bitcoin", now=T0)
+    with session_scope(engine) as session:
+        assert [m.story_id for m in session.exec(select(OutboxMessage))] == [kept]
+
+
+def test_a_story_a_topic_stopped_is_followed_again_with_the_topic(engine):
+    """No opt-out: the chat gave up the words, not the story. Following the words again (or
+    other words that match it) follows it again."""
+    [story] = _topic_stories(engine, "bitcoin", "Bitcoin falls below $60,000")
+    svc.unfollow(engine, CHAT, "bitcoin", now=T0)
+    svc.follow_topic(engine, CHAT, "bitcoin", now=T0)
+    assert [card.id for _, card, _ in svc.follow_matching_topics(engine, [story], now=T0)] == [
+        story
+    ]

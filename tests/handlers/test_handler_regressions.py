@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.following import follow_matching_topics
 from store.db import session_scope
 from store.feeds import add_feed
 from store.follows import add_topic, follow_story
@@ -90,6 +91,17 @@ async def test_a_long_number_followed_as_a_topic_can_be_unfollowed(api, settings
         unfollowed = await say(api, USER, "/unfollow 1234567890123")
     assert "topic" in followed[0]
     assert "Unfollowed" in unfollowed[0], unfollowed
+
+
+@pytest.mark.parametrize(("stories", "stopped"), [(1, "1 story"), (2, "2 stories")])
+async def test_unfollowing_a_topic_says_how_many_stories_stopped(api, settings, stories, stopped):
+    async with running_bot(settings) as app:
+        await say(api, USER, "/follow bitcoin")
+        engine = services_of(app).engine
+        ids = [make_story(engine, f"Bitcoin news number {n}") for n in range(stories)]
+        assert len(follow_matching_topics(engine, ids, now=NOW)) == stories
+        replies = await say(api, USER, "/unfollow bitcoin")
+    assert replies == [f"Unfollowed topic “bitcoin” and {stopped} it followed."], replies
 
 
 async def test_following_a_long_list_is_split_within_telegram_limits(api, settings):
