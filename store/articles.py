@@ -1,5 +1,6 @@
 """Article queries. Inserts lean on the unique constraints (feed+entry key, canonical URL), so the
-same entry polled twice, or the same URL seen in two feeds, is stored once even under a race."""
+same entry polled twice, or the same URL seen in two feeds, is stored once even under a race;
+one page that several items of a feed share is not (see `_sharing_a_page`)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,45 @@ def insert_articles(
                     row["entry_key"][:200],
                     str(exc.orig).splitlines()[0][:200],
                 )
+    if feed_id is not None:
+        for row in _sharing_a_page(
+            feed_id, [r for r in rows if r["entry_key"] not in inserted], session=session
+        ):
+            with session.begin_nested():
+                insert({**row, "canonical_url": None})
     return [inserted[r["entry_key"]] for r in rows if r["entry_key"] in inserted]
+
+
+def _sharing_a_page(feed_id: int, ignored: list[dict], *, session: Session) -> list[dict]:
+    """Rows ignored only because an earlier item of the same feed, with another key and another
+    title, has their link: one page that several items share (a show page, one new episode a
+    poll). The parser sees such sharing within one poll; this is the same rule across polls.
+    The same link in another feed is still the same article."""
+    linked = {r["canonical_url"]: r for r in ignored if r["canonical_url"]}
+    if not linked:
+        return []
+    known_keys = set(
+        session.exec(
+            select(Article.entry_key)
+            .where(Article.feed_id == feed_id)
+            .where(col(Article.entry_key).in_([r["entry_key"] for r in linked.values()]))
+        )
+    )
+    holders = session.exec(
+        select(Article.canonical_url, Article.entry_key, Article.title)
+        .where(Article.feed_id == feed_id)
+        .where(col(Article.canonical_url).in_(list(linked)))
+    ).all()
+    shared = []
+    for url, key, title in holders:
+        row = linked[url]  # type: ignore[index]
+        if (
+            row["entry_key"] not in known_keys
+            and key != row["entry_key"]
+            and title.strip().casefold() != row["title"].strip().casefold()
+        ):
+            shared.append(row)
+    return shared
 
 
 def _without_known_feedless(rows: list[dict], *, session: Session) -> list[dict]:

@@ -137,6 +137,24 @@ async def test_items_with_other_titles_sharing_one_page_are_all_stored(db_engine
     assert summary.new_articles == 3
 
 
+async def test_items_sharing_one_page_a_poll_apart_are_all_stored(db_engine, feed_server):
+    """One show page, one new episode a poll: each new episode met the first one's unique link
+    and was dropped, poll after poll. The same item polled again, or the same page in another
+    feed, is still one article."""
+    episode = [Item(f"Show {n}: guest {n}", "http://pod.example/show", f"s{n}", T0) for n in (1, 2)]
+    _serve(feed_server, "/feed", [rss(episode[:1]), rss(episode[1:]), rss(episode)])
+    _serve(feed_server, "/other", [rss([Item("Show 1: guest 1", "http://pod.example/show", "o1")])])
+    _add(db_engine, feed_server.url_for("/feed"))
+    clock, counts = Clock(), []
+    for _ in range(3):
+        counts.append((await _poll(db_engine, clock)).new_articles)
+        clock.now += INTERVAL
+    assert counts == [1, 1, 0]
+    assert [a.title for a in _articles(db_engine)] == ["Show 1: guest 1", "Show 2: guest 2"]
+    _add(db_engine, feed_server.url_for("/other"))
+    assert (await _poll(db_engine, clock)).new_articles == 0
+
+
 async def test_dropped_items_are_logged(sqlite_engine, feed_server, caplog):
     body = (
         b"<?xml version='1.0'?><rss version='2.0'><channel><title>T</title>"
