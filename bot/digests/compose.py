@@ -15,9 +15,9 @@ a prior:
 Sentences are picked greedily by score discounted by the share of their words already said
 (maximal marginal relevance, words weighted by IDF over the articles); near-duplicates of a
 chosen sentence (token_set_ratio >= DUPLICATE) are never picked, nor paraphrases: sentences most
-of whose words (PARAPHRASE, unweighted) the chosen ones already used. IDF weighting alone lets
-one rare synonym ("Sbarro *declares* bankruptcy") pass for news. Once the minimum is met, a
-sentence scoring under RELEVANT of the first one is filler and ends the summary.
+of whose words (PARAPHRASE, unweighted) the chosen ones already used, unless the summary needs
+them to reach its minimum. IDF weighting alone lets one rare synonym ("Sbarro *declares*
+bankruptcy") pass for news.
 
 A sentence cites its own article and every article with a candidate at token_set_ratio >= SUPPORT
 whose text also repeats most of the sentence's IDF-weighted words: token_set_ratio alone scores
@@ -55,8 +55,7 @@ DUPLICATE = 80  # token_set_ratio at which two sentences say the same thing
 SUPPORT = 70  # token_set_ratio at which another article's sentence backs a chosen one
 SUPPORT_COVERAGE = 0.6  # weighted share of a chosen sentence's words a backer must repeat
 REDUNDANT = 0.7  # weighted share of a candidate's words already said that rules it out
-PARAPHRASE = 0.6  # unweighted share of a candidate's words said already: it says it again
-RELEVANT = 0.3  # past the minimum, a sentence scoring under this share of the first is filler
+PARAPHRASE = 2 / 3  # unweighted share of a candidate's words said already: it says it again
 SUMMARY_SENTENCES = 4  # only a summary's first sentences: later ones are rarely the news
 CANDIDATE_BUDGET = 300  # similarity is quadratic in candidates; big bursts get fewer per article
 MAX_CANDIDATE_CHARS = 400
@@ -70,10 +69,13 @@ _ABBREVIATIONS = frozenset(  # word lists read better as one string than as 90 l
 # Chinese and Japanese, which need no space. Whether a Latin-style one ends the sentence depends
 # on the next word (see _starts_sentence).
 _SENTENCE_BREAK = re.compile(
-    r"(?P<latin>(?<=[.!?؟।])[\"'”’»)\]]*\s+)|(?P<wide>(?<=[。！？])[\"'”’」』)\]]*\s*)"
+    r"(?P<latin>(?<=[.!?؟।۔])[\"'”’»)\]]*\s+)"
+    r"|(?P<wide>(?<=[。！？])[\"'”’」』)\]]*\s*(?![。！？!?]))"
 )
 _OPENING = '"“‘«„(['
-_FINAL_PUNCTUATION = re.compile(r"[.!?…。！？؟।][\"'”’»」』)\]]*$")
+_FINAL_PUNCTUATION = re.compile(r"[.!?…。！？؟।۔][\"'”’»」』)\]]*$")
+# Chinese and Japanese put no spaces between words: two characters count as one word
+_WIDE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LAST_WORD = re.compile(r"([\w.]+)\.[\"'”’)\]]*$")
 # Whole phrases, not words: a story about copyright, cookies or Getty Images is news.
 _BOILERPLATE = re.compile(
@@ -200,6 +202,8 @@ def _ends_in_abbreviation(sentence: str) -> bool:
 
 def _as_sentence(text: str) -> str:
     text = " ".join(text.split())
+    if text and _WIDE_SCRIPT.match(text[-1]):
+        return text + "。"
     if text and not _FINAL_PUNCTUATION.search(text):
         text += "."
     return text
@@ -222,7 +226,7 @@ def _clean_title(title: str, source: str) -> str:
 
 
 def _usable(sentence: str, *, min_words: int) -> bool:
-    words = len(sentence.split())
+    words = max(len(sentence.split()), len(_WIDE_SCRIPT.findall(sentence)) // 2)
     return (
         min_words <= words <= 60
         and len(sentence) <= MAX_CANDIDATE_CHARS
@@ -236,14 +240,18 @@ def _candidates(articles: Sequence[DigestArticle]) -> list[_Candidate]:
     out: list[_Candidate] = []
     for i, article in enumerate(articles):
         title = _clean_title(article.title, article.source)
-        if _usable(title, min_words=3):
-            out.append(_Candidate(_as_sentence(title), i, 0, _content_words(title)))
-        # A summary sentence that only repeats the title and the outlet's name (Google News
-        # descriptions are exactly that) would outrank the title it copies.
+        title_words = _content_words(title)
+        titled = _usable(title, min_words=3)
+        if titled:
+            out.append(_Candidate(_as_sentence(title), i, 0, title_words))
+        # A summary sentence that is the whole title and perhaps the outlet's name (Google News
+        # descriptions are exactly that) would outrank the title it copies. A title made of the
+        # summary (feeds without titles) is no reason to drop the summary's sentences.
         heading = _content_words(f"{article.title} {article.source}")
         for n, sentence in enumerate(_summary_sentences(article.summary)[:per_article], start=1):
             words = _content_words(sentence)
-            if _usable(sentence, min_words=5) and not words <= heading:
+            repeats = titled and title_words <= words <= heading
+            if _usable(sentence, min_words=5) and not repeats:
                 out.append(_Candidate(_as_sentence(sentence), i, n, words))
     if not out:  # every title is a fragment or a wall of text: better clipped than silent
         for i, article in enumerate(articles):
@@ -257,13 +265,18 @@ def _summary_sentences(summary: str) -> list[str]:
     """The summary's sentences without its dateline, and without a last one the feed cut off.
 
     Feeds cut descriptions at a fixed length, often mid-word and without "…". A last sentence
-    without closing punctuation is taken as cut when another sentence precedes it or when it
-    is as long as a lede (CUT_LEDE_WORDS); a short unpunctuated summary is a deck, and kept.
+    without closing punctuation is taken as cut when another sentence precedes it, when it is as
+    long as a lede (CUT_LEDE_WORDS) or when it ends on a word no sentence ends on ("the", "be");
+    a short unpunctuated summary is a deck, and kept. A complete standfirst of a lede's length
+    without a full stop is lost this way; the article's title still speaks for it.
     """
     sentences = split_sentences(_DATELINE.sub("", " ".join(summary.split())))
-    cut = sentences and not _FINAL_PUNCTUATION.search(sentences[-1])
-    if cut and (len(sentences) > 1 or len(sentences[-1].split()) >= CUT_LEDE_WORDS):
-        sentences.pop()
+    last = sentences[-1] if sentences else ""
+    if last and not _FINAL_PUNCTUATION.search(last):
+        words = last.split()
+        mid_phrase = words[-1].casefold().strip(",;:") in _STOPWORDS  # "... would be"
+        if len(sentences) > 1 or len(words) >= CUT_LEDE_WORDS or mid_phrase:
+            sentences.pop()
     return sentences
 
 
@@ -356,7 +369,6 @@ def _select(
     weight = _weights(article_words)
     taken: list[int] = []
     said_words: set[str] = set()
-    first_score = 0.0
     # A second pass relaxes "mostly said already" to reach the minimum; duplicates stay out.
     for redundant, wanted in ((REDUNDANT, limit), (1.0, minimum)):
         while len(taken) < wanted:
@@ -367,15 +379,15 @@ def _select(
                 said = max(
                     (_coverage(cand.words, candidates[t].words, weight) for t in taken), default=0
                 )
-                if cand.words and len(cand.words & said_words) >= PARAPHRASE * len(cand.words):
-                    said = 1.0
+                # one-letter "words" ("McDonald's", "U.S.") would count as said in every sentence
+                own = [w for w in cand.words if len(w) > 1]
+                if own and sum(w in said_words for w in own) >= PARAPHRASE * len(own):
+                    said = max(said, REDUNDANT)  # out of the first pass, not of the minimum's
                 score = scores[i] * (1 - said)
                 if said < redundant and (best < 0 or score > best_score):
                     best, best_score = i, score
-            if best < 0 or (taken and redundant < 1.0 and best_score < RELEVANT * first_score):
+            if best < 0:
                 break
-            if not taken:
-                first_score = best_score
             taken.append(best)
             said_words |= candidates[best].words
     chosen = []

@@ -276,6 +276,8 @@ def test_plain_fallback_fits_telegram_counting_utf16():
         ("And then the talks stalled...", "And then the talks stalled... [1][2]"),
         ("And then the talks stalled…", "And then the talks stalled… [1][2]"),
         ("The answer was no.", "The answer was no [1][2]."),
+        ("It put the magnitude at 6.8.", "It put the magnitude at 6.8 [1][2]."),
+        ("قال الوزير؟", "قال الوزير [1][2]؟"),
         ("李在明抵达奈良。", "李在明抵达奈良 [1][2]。"),
     ],
 )
