@@ -38,6 +38,15 @@ def _serve(feed_server, path: str, bodies: list[bytes], **headers: str) -> None:
     feed_server.expect_request(path).respond_with_handler(handler)
 
 
+async def _new_per_poll(engine, clock: Clock, polls: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """New articles of each of `polls` polls, one interval apart."""
+    counts = []
+    for _ in range(polls):
+        counts.append((await _poll(engine, clock)).new_articles)
+        clock.now += INTERVAL
+    return counts
+
+
 # --- what is stored ----------------------------------------------------------------------------
 
 
@@ -82,11 +91,7 @@ async def test_a_guid_that_is_the_site_address_does_not_drop_the_next_item(db_en
     ]
     _serve(feed_server, "/feed", bodies)
     _add(db_engine, feed_server.url_for("/feed"))
-    clock, counts = Clock(), []
-    for _ in range(3):
-        counts.append((await _poll(db_engine, clock)).new_articles)
-        clock.now += INTERVAL
-    assert counts == [1, 1, 0]
+    assert await _new_per_poll(db_engine, Clock(), 3) == [1, 1, 0]
     assert sorted(a.title for a in _articles(db_engine)) == ["Court rules", "Storm hits coast"]
 
 
@@ -145,11 +150,8 @@ async def test_items_sharing_one_page_a_poll_apart_are_all_stored(db_engine, fee
     _serve(feed_server, "/feed", [rss(episode[:1]), rss(episode[1:]), rss(episode)])
     _serve(feed_server, "/other", [rss([Item("Show 1: guest 1", "http://pod.example/show", "o1")])])
     _add(db_engine, feed_server.url_for("/feed"))
-    clock, counts = Clock(), []
-    for _ in range(3):
-        counts.append((await _poll(db_engine, clock)).new_articles)
-        clock.now += INTERVAL
-    assert counts == [1, 1, 0]
+    clock = Clock()
+    assert await _new_per_poll(db_engine, clock, 3) == [1, 1, 0]
     assert [a.title for a in _articles(db_engine)] == ["Show 1: guest 1", "Show 2: guest 2"]
     _add(db_engine, feed_server.url_for("/other"))
     assert (await _poll(db_engine, clock)).new_articles == 0
