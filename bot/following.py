@@ -300,12 +300,9 @@ def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> Unf
             story_id = story.id if story is not None else int(target)
             if not 0 < story_id <= MAX_ROW_ID:  # type: ignore[operator]
                 return None
-            if unfollow_story(chat_id, story_id, session=session):  # type: ignore[arg-type]
+            if _stop_following(chat_id, story_id, session=session):  # type: ignore[arg-type]
                 # so that keywords the chat follows do not follow it again on their own
                 opt_out(chat_id, story_id, session=session, now=now)  # type: ignore[arg-type]
-                # and the digests of it still queued (of stories merged into it, too)
-                ids = [story_id, *merged_story_ids(story_id, session=session)]  # type: ignore[list-item]
-                cancel_story_digests(chat_id, ids, session=session)
                 return Unfollowed(story.headline if story else f"story {story_id}")
             return None
         key = topic_key(target)
@@ -333,11 +330,19 @@ def _end_topic_follows(topic: TopicFollow, *, session: Session) -> int:
         if keeper is not None:
             set_follow_topic(follow, keeper.id, session=session)
             continue
-        unfollow_story(chat_id, follow.story_id, session=session)
-        ids = [follow.story_id, *merged_story_ids(follow.story_id, session=session)]
-        cancel_story_digests(chat_id, ids, session=session)
+        _stop_following(chat_id, follow.story_id, session=session)
         ended += 1
     return ended
+
+
+def _stop_following(chat_id: int, story_id: int, *, session: Session) -> bool:
+    """End the chat's follow of the story and drop its digests still queued (of stories merged
+    into it, too); False if the chat did not follow it."""
+    if not unfollow_story(chat_id, story_id, session=session):
+        return False
+    ids = [story_id, *merged_story_ids(story_id, session=session)]
+    cancel_story_digests(chat_id, ids, session=session)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
