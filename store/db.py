@@ -59,6 +59,15 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        @sa.event.listens_for(engine, "savepoint")
+        def _begin_before_savepoint(conn, _name) -> None:  # type: ignore[no-untyped-def]
+            # pysqlite opens a transaction only before a write, and a SAVEPOINT is not one: a
+            # savepoint opened first starts a transaction of its own, and releasing it commits,
+            # whatever the session's transaction does after. Open the real one first.
+            driver = conn.connection.driver_connection
+            if not driver.in_transaction:
+                driver.execute("BEGIN IMMEDIATE")
+
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

@@ -88,6 +88,18 @@ def test_entries_without_links_are_kept_apart(db_engine):
     assert len(got) == 2
 
 
+def test_articles_stored_in_a_transaction_that_fails_are_not_kept(db_engine):
+    """On SQLite, a savepoint opened before any write started a transaction of its own, and
+    releasing it committed: the batch stayed although its transaction was rolled back."""
+    with pytest.raises(RuntimeError), session_scope(db_engine) as session:
+        insert_articles(
+            None, [_article("a", "https://x.example/a")], session=session, fetched_at=T0
+        )
+        raise RuntimeError("what follows the insert in the same transaction fails")
+    with session_scope(db_engine) as session:
+        assert session.exec(sa.select(Article)).all() == []
+
+
 def test_duplicate_feed_url_is_refused(db_engine):
     with session_scope(db_engine) as session:
         add_feed("https://example.org/feed", session=session, now=T0)
