@@ -11,6 +11,7 @@ import asyncio
 import functools
 import html
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -40,10 +41,10 @@ from bot.digests.queue import DigestPolicy, queue_group_digests, queue_story_dig
 from bot.digests.schedule import Debounce
 from bot.feeds.fetch import make_http_client
 from bot.feeds.poller import FeedPoller, parser_pool, poll_policy
-from bot.following import follow_matching_topics
+from bot.following import StoryCard, follow_matching_topics
 from bot.leases import renewing
 from bot.stories.service import StoryService
-from store.db import DatabaseClock, make_engine, session_scope
+from store.db import DatabaseClock, make_engine
 from store.leases import LeaseTake, process_holder, release_lease, take_lease
 from store.migrate import upgrade
 from store.models import Chat, Feed
@@ -312,35 +313,38 @@ async def assign_and_notify(services: Services) -> int:
     if kept.lost or kept.lapsed:
         services.matcher_lease_held = False
     story_ids = sorted({s for a in assignments for s in a.touched})
-    created = await asyncio.to_thread(
+    await asyncio.to_thread(
         follow_matching_topics,
         services.engine,
         story_ids,
         now=services.now(),
         first_new_article_id=min((a.article_id for a in assignments), default=1),
+        on_follow=functools.partial(queue_topic_notice, now=services.now()),
     )
-    if created:
-        await asyncio.to_thread(_queue_topic_notices, services, created)
     return len(assignments)
 
 
-def _queue_topic_notices(services: Services, created) -> None:  # type: ignore[no-untyped-def]
-    now = services.now()
-    with session_scope(services.engine) as session:
-        for chat_id, story, topic in created:
-            text = (
-                f"Now following <b>{html.escape(story.headline)}</b> because it matches "
-                f"“{html.escape(topic)}”. Updates will follow; /unfollow {story.id} to stop."
-            )
-            enqueue(
-                chat_id,
-                [OutgoingPart(text)],
-                session=session,
-                kind="notice",
-                story_id=story.id,
-                dedup_key=f"topic:{chat_id}:{story.id}",
-                now=now,
-            )
+def queue_topic_notice(
+    session: Session, chat_id: int, story: StoryCard, topic: str, *, now: datetime
+) -> None:
+    """Tell a chat its keywords now follow a story; runs in the transaction that follows it.
+
+    The key is new for each follow, not the chat and story alone: a chat that unfollowed the
+    keywords and follows them again is told again when they follow the story again. The follow
+    is created once, in this same transaction, so the notice cannot be queued twice."""
+    text = (
+        f"Now following <b>{html.escape(story.headline)}</b> because it matches "
+        f"“{html.escape(topic)}”. Updates will follow; /unfollow {story.id} to stop."
+    )
+    enqueue(
+        chat_id,
+        [OutgoingPart(text)],
+        session=session,
+        kind="notice",
+        story_id=story.id,
+        dedup_key=f"topic:{chat_id}:{story.id}:{uuid.uuid4().hex}",
+        now=now,
+    )
 
 
 def _queue_feed_disabled_notice(services: Services, feed: Feed, session: Session) -> None:

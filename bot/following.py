@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -438,15 +438,26 @@ def change_timezone(engine: Engine, chat_id: int, name: str, *, now: datetime) -
         )
 
 
+TopicFollowed = Callable[[Session, int, StoryCard, str], None]
+
+
 def follow_matching_topics(
-    engine: Engine, story_ids: Sequence[int], *, now: datetime, first_new_article_id: int = 1
+    engine: Engine,
+    story_ids: Sequence[int],
+    *,
+    now: datetime,
+    first_new_article_id: int = 1,
+    on_follow: TopicFollowed | None = None,
 ) -> list[tuple[int, StoryCard, str]]:
     """Follow, for every topic that matches one of these stories, that story. Returns
     (chat_id, story, topic) for each follow created, so the chat can be told.
 
     The follow's first digest holds the story's articles from `first_new_article_id` on (the
     batch just matched), as a follow by id holds those after it. A chat that unfollowed the
-    story, or a story merged into it, is not made to follow it again."""
+    story, or a story merged into it, is not made to follow it again.
+
+    `on_follow(session, chat_id, story, topic)` runs for each follow created, in the same
+    transaction: a notice queued there lands with its follow or not at all."""
     if not story_ids:
         return []
     created: list[tuple[int, StoryCard, str]] = []
@@ -482,4 +493,6 @@ def follow_matching_topics(
                 )
                 if new:
                     created.append((topic.chat_id, _card(story), topic.query))
+                    if on_follow is not None:
+                        on_follow(session, topic.chat_id, created[-1][1], topic.query)
     return created

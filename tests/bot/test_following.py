@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import select
 
 from bot import following as svc
+from bot.app import queue_topic_notice
 from store.articles import NewArticle, insert_articles
 from store.chats import migrate_chat
 from store.db import session_scope
@@ -112,6 +114,44 @@ def test_topic_follow_of_a_story_merged_meanwhile_follows_the_survivor(engine):
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, survivor)]
     with session_scope(engine) as session:
         assert [f.story_id for f in session.exec(select(Follow))] == [survivor]
+
+
+def _notices(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        rows = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "notice"))
+        return [m.text for m in rows]
+
+
+def test_keywords_followed_again_tell_the_chat_again(engine):
+    """The notice's key was the chat and the story: after /unfollow of the keywords and /follow
+    of them again, the story was followed again without a word, and its digests came unasked."""
+    notify = functools.partial(queue_topic_notice, now=T0)
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    assert svc.follow_matching_topics(engine, [story], now=T0, on_follow=notify)
+    assert svc.unfollow(engine, CHAT, "mt gox", now=T0).stories == 1  # type: ignore[union-attr]
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    assert svc.follow_matching_topics(engine, [story], now=T0, on_follow=notify)
+    notices = _notices(engine)
+    assert len(notices) == 2 and all("Now following" in n for n in notices), notices
+
+
+def test_a_topic_notice_is_queued_with_its_follow_or_not_at_all(engine):
+    def fail(session, chat_id, story, topic) -> None:  # type: ignore[no-untyped-def]
+        queue_topic_notice(session, chat_id, story, topic, now=T0)
+        raise RuntimeError("the process died before the transaction ended")
+
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection")
+    with pytest.raises(RuntimeError):
+        svc.follow_matching_topics(engine, [story], now=T0, on_follow=fail)
+    with session_scope(engine) as session:
+        assert session.exec(select(Follow)).all() == []
+    assert _notices(engine) == []
+    created = svc.follow_matching_topics(
+        engine, [story], now=T0, on_follow=functools.partial(queue_topic_notice, now=T0)
+    )
+    assert len(created) == 1 and len(_notices(engine)) == 1  # the next batch follows and tells
 
 
 def _unfollowed_topic_story(engine) -> int:  # type: ignore[no-untyped-def]
