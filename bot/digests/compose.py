@@ -65,15 +65,22 @@ _ABBREVIATIONS = frozenset(  # word lists read better as one string than as 90 l
     "mr mrs ms dr prof st jr sr gen gov sen rep col lt sgt capt no vs etc inc corp ltd co jan feb "  # noqa: SIM905
     "mar apr jun jul aug sep sept oct nov dec mt ft u.s u.k u.n e.u a.m p.m".split()
 )
+# Abbreviations that end sentences as often as not ("at 10 p.m.", "Apple Inc."): one of these
+# ends its sentence when the next word is one that opens sentences rather than names ("The", "It").
+_ENDS_SENTENCES_TOO = frozenset(
+    "a.m p.m etc inc corp ltd co plc jr sr u.s u.k u.n e.u".split()  # noqa: SIM905
+)
+# Greek asks its questions with ";" (U+037E, which NFKC makes a plain semicolon)
+_GREEK_QUESTION = r"(?<=[\u0370-\u03ff\u1f00-\u1fff][;\u037e])"
 # A possible sentence end: Latin-style punctuation and a space, or the full-width marks of
 # Chinese and Japanese, which need no space. Whether a Latin-style one ends the sentence depends
 # on the next word (see _starts_sentence).
 _SENTENCE_BREAK = re.compile(
-    r"(?P<latin>(?<=[.!?؟।۔])[\"'”’»)\]]*\s+)"
+    rf"(?P<latin>(?:(?<=[.!?؟।۔])|{_GREEK_QUESTION})[\"'”’»)\]]*\s+)"
     r"|(?P<wide>(?<=[。！？])[\"'”’」』)\]]*\s*(?![。！？!?]))"
 )
 _OPENING = '"“‘«„(['
-_FINAL_PUNCTUATION = re.compile(r"[.!?…。！？؟।۔][\"'”’»」』)\]]*$")
+_FINAL_PUNCTUATION = re.compile(rf"(?:[.!?…。！？؟।۔]|{_GREEK_QUESTION})[\"'”’»」』)\]]*$")
 # Chinese and Japanese put no spaces between words: two characters count as one word
 _WIDE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LAST_WORD = re.compile(r"([\w.]+)\.[\"'”’)\]]*$")
@@ -178,7 +185,7 @@ def split_sentences(text: str) -> list[str]:
     pieces.append(text[start:])
     out: list[str] = []
     for piece in pieces:
-        if out and _ends_in_abbreviation(out[-1]):
+        if out and _ends_in_abbreviation(out[-1], piece):
             out[-1] = f"{out[-1]} {piece}"
         else:
             out.append(piece)
@@ -192,11 +199,16 @@ def _starts_sentence(text: str) -> bool:
     return first.isdigit() or (first.isalpha() and not first.islower())
 
 
-def _ends_in_abbreviation(sentence: str) -> bool:
+def _ends_in_abbreviation(sentence: str, following: str) -> bool:
+    """Whether the stop that ends `sentence` belongs to an abbreviation that `following` goes on
+    from: "Mr. Lee", "the U.S. Senate", but not "Apple Inc. It closes"."""
     match = _LAST_WORD.search(sentence)
     if match is None:
         return False
     word = match.group(1).casefold()
+    if word in _ENDS_SENTENCES_TOO:
+        opener = _WORD.match(following.lstrip(_OPENING))
+        return opener is None or opener.group().casefold() not in _STOPWORDS
     return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 

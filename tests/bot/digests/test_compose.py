@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bot.digests.compose import (
     MAX_SOURCES,
     StoryDigest,
@@ -115,6 +117,36 @@ def test_abbreviations_do_not_end_a_sentence():
         "They talked.",
         "Dr. J. Smith agreed.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        (
+            "The polls close at 10 p.m. The count starts at once.",
+            ["The polls close at 10 p.m.", "The count starts at once."],
+        ),
+        (
+            "The deal was signed by Apple Inc. It closes in June.",
+            ["The deal was signed by Apple Inc.", "It closes in June."],
+        ),
+        (
+            "Lee flew on to the U.S. He meets Biden on Friday.",
+            ["Lee flew on to the U.S.", "He meets Biden on Friday."],
+        ),
+        # a name after them still belongs to the same sentence
+        ("Talks in the U.S. Senate stalled.", ["Talks in the U.S. Senate stalled."]),
+        ("He arrived at 10 a.m. Tuesday in Nara.", ["He arrived at 10 a.m. Tuesday in Nara."]),
+    ],
+)
+def test_an_abbreviation_that_can_end_a_sentence_does_before_its_next_one(text, sentences):
+    """'10 p.m. The count starts' was one sentence: every abbreviation joined what followed."""
+    assert split_sentences(text) == sentences
+
+
+def test_a_greek_question_mark_ends_a_sentence():
+    text = "Τι θα γίνει τώρα; Η κυβέρνηση συνεδριάζει αύριο."
+    assert split_sentences(text) == ["Τι θα γίνει τώρα;", "Η κυβέρνηση συνεδριάζει αύριο."]
 
 
 def test_sources_are_capped_and_citations_only_reference_listed_sources():

@@ -279,6 +279,8 @@ def test_plain_fallback_fits_telegram_counting_utf16():
         ("It put the magnitude at 6.8.", "It put the magnitude at 6.8 [1][2]."),
         ("قال الوزير؟", "قال الوزير [1][2]؟"),
         ("李在明抵达奈良。", "李在明抵达奈良 [1][2]。"),
+        ("Τι θα γίνει τώρα;", "Τι θα γίνει τώρα [1][2];"),
+        ("Talks ended; nothing was agreed", "Talks ended; nothing was agreed [1][2]"),
     ],
 )
 def test_citations_never_cut_an_abbreviation_or_an_ellipsis(text, shown):
