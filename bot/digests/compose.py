@@ -79,6 +79,7 @@ _SENTENCE_BREAK = re.compile(
     rf"(?P<latin>(?:(?<=[.!?؟।۔])|{_GREEK_QUESTION})[\"'”’»)\]]*\s+)"
     r"|(?P<wide>(?<=[。！？])[\"'”’」』)\]]*\s*(?![。！？!?]))"
 )
+_KANA_PARTICLE = re.compile(r"[\u3041-\u309f]")  # hiragana: "と", "って" after a quotation
 _OPENING = '"“‘«„(['
 _FINAL_PUNCTUATION = re.compile(rf"(?:[.!?…。！？؟।۔]|{_GREEK_QUESTION})[\"'”’»」』)\]]*$")
 # Chinese and Japanese put no spaces between words: two characters count as one word
@@ -179,7 +180,10 @@ def split_sentences(text: str) -> list[str]:
     start = 0
     for found in _SENTENCE_BREAK.finditer(text):
         end = found.end()
-        if end < len(text) and (found.group("wide") is not None or _starts_sentence(text[end:])):
+        wide = found.group("wide")
+        if wide is not None and wide.endswith(("」", "』")) and _KANA_PARTICLE.match(text, end):
+            continue  # 「…。」と言った: the sentence goes on from the quotation
+        if end < len(text) and (wide is not None or _starts_sentence(text[end:])):
             pieces.append(text[start:end].rstrip())
             start = end
     pieces.append(text[start:])

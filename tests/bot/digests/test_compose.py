@@ -219,6 +219,18 @@ def test_sentences_split_in_scripts_without_latin_capitals():
     assert split_sentences("Он прибыл в г. москва вчера.") == ["Он прибыл в г. москва вчера."]
 
 
+def test_a_japanese_quotation_the_sentence_goes_on_from_is_not_split_off():
+    """「…。」と言った was cut after the closing bracket, leaving "と言った。" as a sentence."""
+    assert split_sentences("首相は「会談は成功した。」と述べた。両国は合意した。") == [
+        "首相は「会談は成功した。」と述べた。",
+        "両国は合意した。",
+    ]
+    assert split_sentences("「会談は成功した。」両国は合意した。") == [
+        "「会談は成功した。」",
+        "両国は合意した。",
+    ]
+
+
 def test_a_title_in_another_script_is_not_given_a_latin_full_stop():
     digest = compose_story_digest(update([article(1, "李在明抵达奈良。")]))
     assert digest.sentences[0].text == "李在明抵达奈良。"
