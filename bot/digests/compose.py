@@ -39,6 +39,8 @@ from datetime import datetime
 
 from rapidfuzz import fuzz, process
 
+from bot.stories.normalize import rarity_lookup, text_tokens
+
 __all__ = [
     "CitedSentence",
     "DigestArticle",
@@ -282,8 +284,8 @@ def _summary_sentences(summary: str) -> list[str]:
 
     Feeds cut descriptions at a fixed length, often mid-word and without "…". A last sentence
     without closing punctuation is taken as cut when another sentence precedes it, when it is as
-    long as a lede (CUT_LEDE_WORDS) or when it ends on a word no sentence ends on ("the", "be");
-    a short unpunctuated summary is a deck, and kept. A complete standfirst of a lede's length
+    long as a lede (CUT_LEDE_WORDS), when it ends on a word no sentence ends on ("the", "be") or
+    inside a word ("econo"); another short unpunctuated summary is a deck, and kept. A complete standfirst of a lede's length
     without a full stop is lost this way; the article's title still speaks for it.
     """
     sentences = split_sentences(_DATELINE.sub("", " ".join(summary.split())))
@@ -291,9 +293,22 @@ def _summary_sentences(summary: str) -> list[str]:
     if last and not _FINAL_PUNCTUATION.search(last):
         words = last.split()
         mid_phrase = words[-1].casefold().strip(",;:") in _STOPWORDS  # "... would be"
-        if len(sentences) > 1 or len(words) >= CUT_LEDE_WORDS or mid_phrase:
+        if len(sentences) > 1 or len(words) >= CUT_LEDE_WORDS or mid_phrase or _cut_mid_word(words):
             sentences.pop()
     return sentences
+
+
+def _cut_mid_word(words: Sequence[str]) -> bool:
+    """An English text whose last word, in lower case, is no English word ("their econo").
+
+    Told by wordfreq's list (the one story matching weighs words with); a name is capitalised,
+    and text mostly outside the list is another language, which this cannot judge."""
+    table, _ = rarity_lookup()
+    lower = [t for t in (text_tokens(w) for w in words if w[:1].islower()) if t]
+    if not lower or not words[-1][:1].islower() or not words[-1].isalpha():
+        return False
+    known = sum(all(t in table for t in tokens) for tokens in lower)
+    return known >= 0.8 * len(lower) and not all(t in table for t in lower[-1])
 
 
 def _clip(text: str, *, words: int = 40) -> str:

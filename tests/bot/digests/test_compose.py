@@ -251,11 +251,23 @@ def test_a_summary_cut_off_mid_sentence_loses_the_cut_sentence():
     )
     deck = article(3, "Leaders in Nara", "Lee and Takaichi open their two-day summit in Nara")
     short_cut = article(4, "Talks in Nara", "Both leaders signalled that further meetings would be")
-    items = [cut, lede_cut, deck, short_cut]
+    # short, and cut inside a word that is no stop word: kept as "...their econo." before
+    word_cut = article(5, "Trade on the agenda", "Both leaders want closer ties for their econo")
+    items = [cut, lede_cut, deck, short_cut, word_cut]
+    digest = compose_story_digest(update(items), max_sentences=5, min_sentences=5)
+    texts = [s.text for s in digest.sentences]
+    assert not any(t.endswith(("reg.", "Kor.", "would be.", "econo.")) for t in texts), texts
+    assert "Lee and Takaichi open their two-day summit in Nara." in texts
+
+
+def test_a_short_deck_ending_in_a_name_or_a_word_is_kept():
+    items = [
+        article(1, "Summit in Nara", "Lee and Takaichi open their two-day summit in Nara"),
+        article(2, "Talks go on", "Both leaders want closer ties between their economies"),
+    ]
     digest = compose_story_digest(update(items), max_sentences=4, min_sentences=4)
     texts = [s.text for s in digest.sentences]
-    assert not any(t.endswith(("reg.", "Kor.", "would be.")) for t in texts), texts
-    assert "Lee and Takaichi open their two-day summit in Nara." in texts
+    assert "Both leaders want closer ties between their economies." in texts, texts
 
 
 def test_a_summary_that_repeats_the_title_and_outlet_does_not_outrank_the_title():
