@@ -158,18 +158,16 @@ def cmd_feeds_remove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_feeds_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.feeds.opml import FeedListError, read_feed_list
+    from bot.feeds.opml import FeedListError, read_feed_list_file
     from bot.feeds.urls import validate_feed_url
     from store.db import session_scope
     from store.feeds import add_feed, feed_ids_by_url
 
     path = Path(args.file)
     try:
-        data = path.read_bytes()
+        entries = read_feed_list_file(path)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        entries = read_feed_list(data)
     except FeedListError as exc:
         raise CommandError(f"{path}: {exc}") from None
     engine = open_engine(settings)

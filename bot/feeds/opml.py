@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 import listparser
+
+MAX_FEED_LIST_BYTES = 16 * 1024 * 1024  # 16 MiB is some 100,000 feeds: anything bigger is no list
 
 
 class FeedListError(ValueError):
@@ -24,6 +27,17 @@ class FeedListEntry:
     url: str
     title: str | None
     line: int | None = None  # line number in a plain list, for error messages
+
+
+def read_feed_list_file(path: Path) -> list[FeedListEntry]:
+    """`read_feed_list` of a file, refused unread past MAX_FEED_LIST_BYTES (a device, a log).
+
+    Raises OSError when the file cannot be read and FeedListError when it is no feed list."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_FEED_LIST_BYTES + 1)
+    if len(data) > MAX_FEED_LIST_BYTES:
+        raise FeedListError(f"larger than {MAX_FEED_LIST_BYTES // 1024} KiB: not a feed list")
+    return read_feed_list(data)
 
 
 def read_feed_list(data: bytes) -> list[FeedListEntry]:

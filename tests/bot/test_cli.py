@@ -93,6 +93,17 @@ def test_opml_export_then_import_round_trips(env, capsys, tmp_path, monkeypatch)
     assert "imported 2 feeds" in capsys.readouterr().out
 
 
+def test_importing_a_file_too_big_for_a_feed_list_is_refused_unread(env, capsys, monkeypatch):
+    """It read the whole file first: `feeds import /dev/zero` never came back."""
+    monkeypatch.setattr("bot.feeds.opml.MAX_FEED_LIST_BYTES", 1024)
+    big = env / "big.txt"
+    big.write_text("https://a.example/rss\n" * 100)
+    assert main(["feeds", "import", str(big)]) == 1
+    err = capsys.readouterr().err
+    assert "larger than 1 KiB" in err and "not a feed list" in err, err
+    assert main(["feeds", "import", "/dev/zero"]) == 1
+
+
 def test_remove_unknown_feed_is_an_error(env, capsys):
     assert main(["feeds", "remove", "42"]) == 1
     assert "no feed" in capsys.readouterr().err
