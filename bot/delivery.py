@@ -122,6 +122,10 @@ class OutboxSender:
         return got
 
     def _lease_surely_held(self) -> bool:
+        if self._kept is not None and self._kept.lapsed:
+            # Another sender held the lease in between and may have sent what we claimed: our
+            # lease runs again, but our claims must each be checked.
+            return False
         renewed = self._kept.until if self._kept is not None else None
         until = max(self._lease_until, renewed) if renewed else self._lease_until
         return until is not None and self._clock() < until - self._lease_ttl / 3

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
+import bot.leases as bot_leases
 from bot import following as svc
 from bot.delivery import OutboxSender
 from bot.digests.queue import (
@@ -238,3 +239,58 @@ def test_a_send_to_an_unrecorded_chat_that_migrated_moves_its_messages(db_engine
     with session_scope(db_engine) as session:
         [row] = session.exec(select(OutboxMessage)).all()
         assert row.chat_id == -1005
+
+
+# --- a sender whose lease lapsed and came back ------------------------------------------------
+
+
+class _GatedBot:
+    """Records sends; the first waits for `gate` (a rate limiter waiting out a flood limit)."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]], gate: asyncio.Event | None = None):
+        self.name, self.log, self.gate, self.first = name, log, gate, ""
+
+    async def send_message(self, chat_id, text, **kwargs):  # type: ignore[no-untyped-def]
+        if self.gate is not None and not self.gate.is_set():
+            self.first = text
+            await self.gate.wait()
+        self.log.append((self.name, text))
+        return type("Message", (), {"message_id": 1})()
+
+
+async def test_a_sender_whose_lease_came_back_after_another_sent_its_rows_sends_none_again(
+    engine, monkeypatch
+):
+    """A's renewals failed, B took the lease over, freed A's claims, sent both rows and stopped;
+    A's next renewal took the free lease again, and A, sure of it, sent the row it had claimed
+    but never started, a second time."""
+    now = lambda: datetime.now(UTC)  # noqa: E731 - real time: leases run out while we wait
+    with session_scope(engine) as session:
+        for chat_id, text in ((USER, "r1"), (GROUP, "r2")):
+            enqueue(chat_id, [OutgoingPart(text)], session=session, kind="notice",
+                    dedup_key=text, now=now())  # fmt: skip
+    ttl, log, gate = timedelta(seconds=1.5), [], asyncio.Event()
+    a_bot = _GatedBot("A", log, gate)
+    a = OutboxSender(engine, a_bot, holder="A", lease_ttl=ttl, concurrency=1, per_chat_interval=0)  # type: ignore[arg-type]
+    b = OutboxSender(engine, _GatedBot("B", log), holder="B", lease_ttl=ttl, per_chat_interval=0)  # type: ignore[arg-type]
+    real_take, a_offline = bot_leases.take_lease, True
+
+    def take(engine_, name, holder, **kwargs):  # type: ignore[no-untyped-def]
+        if holder == "A" and a_offline:
+            raise ConnectionError("A cannot reach the database for a while")
+        return real_take(engine_, name, holder, **kwargs)
+
+    monkeypatch.setattr(bot_leases, "take_lease", take)
+    drain_a = asyncio.create_task(a.drain(max_rounds=1))
+    await asyncio.sleep(ttl.total_seconds() + 0.3)  # A's lease has run out, one row in flight
+    await b.drain()
+    await b.release()
+    a_offline = False
+    async with asyncio.timeout(10):
+        # A's renewal task takes the free lease again; it sets `lapsed` and signals nothing
+        while not (a._kept and a._kept.lapsed):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    gate.set()
+    await drain_a
+    never_in_flight = "r2" if a_bot.first == "r1" else "r1"
+    assert [text for _, text in log].count(never_in_flight) == 1, log
