@@ -46,7 +46,7 @@ from store.follows import (
 )
 from store.models import MAX_ROW_ID, Article, Chat, Story, TopicFollow
 from store.outbox import cancel_story_digests, unpark_chat
-from store.stories import merged_story_ids, resolve_story, top_story_coverage
+from store.stories import lock_story, merged_story_ids, resolve_story, top_story_coverage
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -245,7 +245,7 @@ def follow_story_id(
     A story with no article in the matching `window` is not followed (`ended`): the matcher
     only adds articles to active stories, so the promised digest could never come."""
     with session_scope(engine) as session:
-        story = resolve_story(story_id, session=session)
+        story = lock_story(story_id, session=session)  # a merge meanwhile would strand the follow
         if story is None:
             return FollowResult(None, False)
         if window is not None and story.last_published_at < now - window:
@@ -296,7 +296,7 @@ def unfollow(engine: Engine, chat_id: int, target: str, *, now: datetime) -> Unf
     with session_scope(engine) as session:
         # a longer number is no story id (nor fits the column): it can only be a topic's words
         if target.isdecimal() and len(target) <= MAX_STORY_ID_DIGITS:
-            story = resolve_story(int(target), session=session)
+            story = lock_story(int(target), session=session)
             story_id = story.id if story is not None else int(target)
             if not 0 < story_id <= MAX_ROW_ID:  # type: ignore[operator]
                 return None
@@ -469,9 +469,9 @@ def follow_matching_topics(
         # a story touched earlier in the batch may have been merged since: follow where it went
         live: dict[int, Story] = {}
         for story in stories:
-            resolved = resolve_story(story.id, session=session) if story.merged_into_id else story
-            if resolved is not None and resolved.merged_into_id is None:
-                live[resolved.id] = resolved
+            resolved = lock_story(story.id, session=session)  # type: ignore[arg-type]
+            if resolved is not None:
+                live[resolved.id] = resolved  # type: ignore[index]
         for story in sorted(live.values(), key=lambda s: s.id):
             matching = [t for t in topics if topic_matches(t.query_key, story.headline)]
             if not matching:

@@ -68,6 +68,38 @@ def resolve_story(story_id: int, *, session: Session) -> Story | None:
     return story
 
 
+def lock_story(story_id: int, *, session: Session) -> Story | None:
+    """`resolve_story`, its row locked until the caller's transaction ends.
+
+    A merge locks both its stories' rows first (see merge_stories), so a follow made on the
+    story this returns cannot be left behind on a story merged away meanwhile: the merge either
+    committed before the lock, and this follows it to the survivor, or waits, and then moves the
+    follow with the rest."""
+    for _ in range(MAX_MERGE_HOPS + 1):
+        story = resolve_story(story_id, session=session)
+        if story is None:
+            return None
+        _lock_rows([story.id], session=session)  # type: ignore[list-item]
+        session.refresh(story)  # as it stands now that no merge can change it
+        if story.merged_into_id is None:
+            return story
+        story_id = story.merged_into_id
+    return None
+
+
+def _lock_rows(story_ids: list[int], *, session: Session) -> None:
+    """Lock story rows with a write that changes nothing: a row lock on PostgreSQL, the database's
+    write lock on SQLite (whose reads until then saw no other writer's work in progress)."""
+    column = Story.__table__.c.updated_at  # type: ignore[attr-defined]
+    session.execute(
+        sa.update(Story.__table__)
+        .where(Story.__table__.c.id.in_(sorted(story_ids)))
+        .values(  # type: ignore[attr-defined]
+            {column: column}
+        )
+    )
+
+
 def merged_story_ids(story_id: int, *, session: Session) -> list[int]:
     """Ids of the stories merged into this one (merges always point at the final survivor)."""
     return list(session.exec(select(Story.id).where(Story.merged_into_id == story_id)))  # type: ignore[arg-type]
@@ -84,16 +116,26 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     the survivor, so old buttons and `/story` ids keep working.
     """
     session.flush()
-    both = {
-        f.chat_id: f.last_digested_article_id
-        for f in session.exec(select(Follow).where(Follow.story_id == survivor_id))
-    }
+    _lock_rows([absorbed_id, survivor_id], session=session)  # see lock_story
+    # Lock the follows of both stories (PostgreSQL; SQLite has one writer at a time): a digest
+    # queued for one of them between this read and the write below would be queued again from
+    # the watermark written here. Its compare-and-set (advance_follow) waits, then finds the
+    # follow moved on. populate_existing: the locked read's values, not ones loaded earlier.
+    locked = (
+        select(Follow)
+        .where(col(Follow.story_id).in_([survivor_id, absorbed_id]))
+        .order_by(col(Follow.id))  # one order for every locker: no deadlock between two merges
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    follows = session.exec(locked).all()
+    both = {f.chat_id: f.last_digested_article_id for f in follows if f.story_id == survivor_id}
     watermarks = {
         f.chat_id: _merged_watermark(
             session, survivor_id, both[f.chat_id], absorbed_id, f.last_digested_article_id
         )
-        for f in session.exec(select(Follow).where(Follow.story_id == absorbed_id))
-        if f.chat_id in both
+        for f in follows
+        if f.story_id == absorbed_id and f.chat_id in both
     }
     session.execute(
         sa.update(Article).where(col(Article.story_id) == absorbed_id).values(story_id=survivor_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,7 +21,7 @@ from bot.digests.schedule import Debounce
 from store.chats import migrate_chat, upsert_chat
 from store.db import session_scope
 from store.follows import pending_follows
-from store.models import Chat, OutboxMessage
+from store.models import Chat, Follow, OutboxMessage
 from store.outbox import OutgoingPart, enqueue
 from store.stories import create_story
 from tests.bot.digest_data import GROUP, USER, add_articles, outbox_rows, with_user_and_group
@@ -294,3 +295,89 @@ async def test_a_sender_whose_lease_came_back_after_another_sent_its_rows_sends_
     await drain_a
     never_in_flight = "r2" if a_bot.first == "r1" else "r1"
     assert [text for _, text in log].count(never_in_flight) == 1, log
+
+
+# --- a merge committing while a chat follows, unfollows or is sent a digest ------------------
+
+
+def _meanwhile(action) -> tuple[list[threading.Thread], object]:  # type: ignore[no-untyped-def]
+    """A wrapper that runs `action` in another thread (another instance, the matcher's thread)
+    just before the wrapped function, giving it a second to commit: it cannot while the
+    transaction under test holds the locks the fix takes, and then runs once that commits."""
+    threads: list[threading.Thread] = []
+
+    def wrap(real):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not threads:
+                threads.append(threading.Thread(target=action))
+                threads[0].start()
+                threads[0].join(timeout=1)
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    return threads, wrap
+
+
+def _merge(engine, absorbed: int, survivor: int, at: datetime):  # type: ignore[no-untyped-def]
+    def action() -> None:
+        from store.stories import merge_stories
+
+        with session_scope(engine) as session:
+            merge_stories(absorbed, survivor, session=session, now=at)
+
+    return action
+
+
+def test_a_follow_made_while_its_story_is_merged_away_moves_with_it(engine, monkeypatch):
+    """The follow was written on the story the merge had just absorbed: no digest ever came."""
+    x, y = _story(engine), _story(engine)
+    add_articles(engine, x, 1, T, tag="x")
+    add_articles(engine, y, 1, T, tag="y")
+    threads, wrap = _meanwhile(_merge(engine, x, y, T))
+    monkeypatch.setattr(svc, "follow_story", wrap(svc.follow_story))
+    assert svc.follow_story_id(engine, USER, x, now=T).created
+    threads[0].join(timeout=30)
+    with session_scope(engine) as session:
+        assert [(f.chat_id, f.story_id) for f in session.exec(select(Follow))] == [(USER, y)]
+
+
+def test_an_unfollow_made_while_its_story_is_merged_away_still_ends_it(engine, monkeypatch):
+    x, y = _story(engine), _story(engine)
+    add_articles(engine, x, 1, T, tag="x")
+    add_articles(engine, y, 1, T, tag="y")
+    svc.follow_story_id(engine, USER, x, now=T)
+    threads, wrap = _meanwhile(_merge(engine, x, y, T))
+    monkeypatch.setattr(svc, "unfollow_story", wrap(svc.unfollow_story))
+    assert svc.unfollow(engine, USER, str(x), now=T) is not None
+    threads[0].join(timeout=30)
+    with session_scope(engine) as session:
+        assert session.exec(select(Follow)).all() == []
+
+
+def test_a_digest_queued_while_a_merge_runs_is_not_queued_again(engine, monkeypatch):
+    """The merge read the kept follow's watermark, a delivery tick queued the news and moved it
+    on, and the merge wrote the old watermark back: the next digest repeated the news."""
+    import store.stories as stories_mod
+
+    a, b = _story(engine), _story(engine)
+    add_articles(engine, a, 2, T - timedelta(hours=2), tag="a")
+    add_articles(engine, b, 1, T - timedelta(hours=2), tag="b")
+    svc.follow_story_id(engine, USER, b, now=T)
+    add_articles(engine, a, 1, T - timedelta(hours=1), tag="later")
+    svc.follow_story_id(engine, USER, a, now=T)  # everything of both sent, a's mark the higher
+    add_articles(engine, b, 1, T, tag="news")
+    later = T + timedelta(hours=1)
+
+    def tick() -> None:
+        queue_story_digests(engine, now=later, policy=POLICY)
+
+    threads, wrap = _meanwhile(tick)
+    monkeypatch.setattr(stories_mod, "_merged_watermark", wrap(stories_mod._merged_watermark))
+    with session_scope(engine) as session:
+        stories_mod.merge_stories(a, b, session=session, now=later)
+    threads[0].join(timeout=30)
+    monkeypatch.undo()
+    queue_story_digests(engine, now=later + timedelta(hours=1), policy=POLICY)
+    texts = [r.text for r in outbox_rows(engine)]
+    assert sum("Storm update news0" in t for t in texts) == 1, texts
