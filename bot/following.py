@@ -382,14 +382,18 @@ def _rescheduled(chat: Chat, at: time, zone: ZoneInfo, *, now: datetime) -> date
     Normally the next time the local clock shows `at`. But when a running digest's new time has
     already passed today (08:00 moved to 06:00 at 07:00, Berlin to Helsinki at 07:55, New York
     to Tokyo in the evening, where it is tomorrow already), today's digest is due now: otherwise
-    the change would skip a day. If today's (that date's) digest went out already, its per-day
-    dedup key drops the second one and the schedule just moves on.
+    the change would skip a day. Only if today's digest is still owed, though: one set up in
+    the afternoon ("/digest 08:00", then "/timezone") is due tomorrow, as the old schedule had it.
+    If today's (that date's) digest went out already, its per-day dedup key drops the second one
+    and the schedule just moves on.
     """
     upcoming = next_digest_at(at, zone, after=now)
     if not chat.digest_enabled or chat.next_digest_at is None:
         return upcoming
-    passed_today = digest_day(at, zone, until=now) == now.astimezone(zone).date()
-    return now if passed_today else upcoming
+    today = now.astimezone(zone).date()
+    owed = chat.next_digest_at.astimezone(_zone_or_utc(chat.timezone)).date() <= today
+    passed_today = digest_day(at, zone, until=now) == today
+    return now if owed and passed_today else upcoming
 
 
 def _zone_or_utc(name: str) -> ZoneInfo:

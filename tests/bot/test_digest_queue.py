@@ -116,3 +116,27 @@ def test_a_group_digest_tick_run_twice_queues_once(engine):
     assert queue_group_digests(engine, now=at, policy=POLICY) == 0
     with session_scope(engine) as session:
         assert session.get(Chat, GROUP).next_digest_at == T + timedelta(days=1, hours=1)
+
+
+@pytest.mark.parametrize("zone_first", [False, True])
+def test_a_digest_set_up_in_the_afternoon_comes_the_next_morning(engine, zone_first):
+    """ "/digest 08:00" then "/timezone Europe/Berlin" at 15:00 Berlin queued a digest at once:
+    08:00 had passed today in the new zone, so today's looked owed, though nothing was."""
+    afternoon = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
+    story = _story(engine, "Storm hits coast", afternoon)
+    add_articles(engine, story, 3, afternoon - timedelta(hours=1))
+    steps = [
+        lambda at: svc.change_digest(engine, GROUP, enabled=True, time_text="08:00", now=at),
+        lambda at: svc.change_timezone(engine, GROUP, "Europe/Berlin", now=at),
+    ]
+    for offset, step in enumerate(reversed(steps) if zone_first else steps):
+        setting = step(afternoon + timedelta(seconds=30 * offset))
+    assert setting.next_at == datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
+    assert queue_group_digests(engine, now=afternoon + timedelta(minutes=1), policy=POLICY) == 0
+
+
+def test_a_digest_just_turned_on_and_moved_earlier_waits_for_tomorrow(engine):
+    afternoon = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
+    svc.change_digest(engine, GROUP, enabled=True, time_text=None, now=afternoon)
+    setting = svc.change_digest(engine, GROUP, enabled=True, time_text="07:00", now=afternoon)
+    assert setting.next_at == datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
