@@ -56,7 +56,7 @@ async def timezone(update: Update, context: StorywireContext) -> None:
     s = context.services
     chat_id = update.effective_chat.id  # type: ignore[union-attr]
     text = argument_text(context)
-    if not text or len(text) > 64:
+    if not text:
         current = await run_db(svc.digest_setting, s.engine, chat_id)
         zone = current.timezone if current else "UTC"
         await reply(

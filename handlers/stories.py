@@ -62,7 +62,8 @@ def story_text(detail: svc.StoryDetail) -> str:
     card = detail.card
     lines = [
         f"<b>{esc(card.headline)}</b>",
-        f"Story {card.id}: {card.article_count} articles from {card.source_count} sources",
+        f"Story {card.id}: {plural(card.article_count, 'article')} from "
+        f"{plural(card.source_count, 'source')}",
         "",
     ]
     for a in detail.latest:

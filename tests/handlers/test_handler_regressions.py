@@ -364,3 +364,17 @@ async def test_an_edited_command_is_not_run_again(api, settings):
         await api._push({"edited_message": edited})
         replies = await say(api, USER, "/following")
     assert "Nara summit" in replies[0] and "Apple iOS" not in "\n".join(replies), replies
+
+
+async def test_a_story_of_one_article_from_one_source_is_worded_in_the_singular(api, settings):
+    async with running_bot(settings) as app:
+        story_id = make_story(services_of(app).engine, "Nara summit", titles=("Nara summit",))
+        [reply] = await say(api, USER, f"/story {story_id}")
+    assert f"Story {story_id}: 1 article from 1 source\n" in reply, reply
+
+
+async def test_a_time_zone_too_long_to_be_one_is_refused_not_ignored(api, settings):
+    """Past 64 characters it was taken for no argument: the bot showed the zone unchanged."""
+    async with running_bot(settings):
+        [reply] = await say(api, USER, "/timezone America/Argentina/Buenos_Aires_" + "x" * 40)
+    assert "IANA time zone" in reply and not reply.startswith("Time zone:"), reply
