@@ -43,6 +43,15 @@ async def _answer(query: CallbackQuery, text: str | None = None) -> None:
         log.info("callback %s: could not answer: %s", query.data, exc.message)
 
 
+def _topic_of(query: CallbackQuery) -> int | None:
+    """The forum topic the pressed button's message sits in: the answer goes there too, as a
+    command's reply does, not to the group's General topic."""
+    message = query.message
+    if message is None or not getattr(message, "is_topic_message", False):
+        return None
+    return getattr(message, "message_thread_id", None)
+
+
 async def on_button(update: Update, context: StorywireContext) -> None:
     query = update.callback_query
     if query is None:
@@ -69,6 +78,7 @@ async def on_button(update: Update, context: StorywireContext) -> None:
             await context.bot.send_message(
                 chat.id,
                 f"Following <b>{esc(result.story.headline)}</b>. /unfollow {result.story.id} to stop.",
+                message_thread_id=_topic_of(query),
             )
         return
     if verb == "unf":
@@ -85,10 +95,14 @@ async def on_button(update: Update, context: StorywireContext) -> None:
         return
     *head, last = message_parts(story_text(detail))
     try:
+        thread = _topic_of(query)
         for part in head:
-            await context.bot.send_message(chat.id, part)
+            await context.bot.send_message(chat.id, part, message_thread_id=thread)
         await context.bot.send_message(
-            chat.id, last, reply_markup=story_keyboard(detail.card.id, detail.following)
+            chat.id,
+            last,
+            reply_markup=story_keyboard(detail.card.id, detail.following),
+            message_thread_id=thread,
         )
     except BadRequest as exc:
         log.warning("chat %s: could not show story %s: %s", chat.id, story_id, exc.message)

@@ -810,6 +810,9 @@ class FakeBotApi:
         replied = self._replied(chat["id"], params)
         message = self._new_message(chat, self._bot_as_user())
         message["text"] = text
+        if chat.get("is_forum") and params.get("message_thread_id") not in (None, ""):
+            message["message_thread_id"] = int(params["message_thread_id"])
+            message["is_topic_message"] = True  # sent into a forum topic, as Telegram marks it
         if entities:
             message["entities"] = entities
         if markup is not None and "inline_keyboard" in markup:

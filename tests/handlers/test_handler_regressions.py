@@ -378,3 +378,21 @@ async def test_a_time_zone_too_long_to_be_one_is_refused_not_ignored(api, settin
     async with running_bot(settings):
         [reply] = await say(api, USER, "/timezone America/Argentina/Buenos_Aires_" + "x" * 40)
     assert "IANA time zone" in reply and not reply.startswith("Time zone:"), reply
+
+
+async def test_buttons_pressed_in_a_forum_topic_answer_in_that_topic(api, settings):
+    """The story view and the 'Following' line went to the group's General topic."""
+    forum, member, thread = -1001234500000, 555, 7
+    async with running_bot(settings) as app:
+        story_id = make_story(services_of(app).engine, "Nara summit", titles=("Nara summit",))
+        api._chat(forum, "supergroup")["is_forum"] = True
+        await api.inject_message(
+            forum, "/top", user_id=member, message_thread_id=thread, is_topic_message=True
+        )
+        await api.wait_for_messages(1, chat_id=forum, within=10)
+        await api.inject_callback(forum, f"story:{story_id}", user_id=member)
+        await api.wait_for_messages(2, chat_id=forum, within=10)
+        await api.inject_callback(forum, f"fol:{story_id}", user_id=member)
+        await api.wait_for_messages(3, chat_id=forum, within=10)
+        answers = api.calls("sendMessage")[-3:]
+    assert [str(a.get("message_thread_id")) for a in answers] == [str(thread)] * 3, answers
