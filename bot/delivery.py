@@ -304,4 +304,4 @@ class OutboxSender:
         log.info("chat %s: %s; pausing its deliveries", chat_id, reason)
         with session_scope(self._engine) as session:
             set_chat_status(chat_id, status, session=session, now=self._clock())
-        park_chat(self._engine, chat_id, error=reason)
+            park_chat(chat_id, session=session, error=reason)

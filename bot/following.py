@@ -26,7 +26,7 @@ from bot.digests.schedule import (
     stored_timezone,
 )
 from store.articles import latest_story_articles
-from store.chats import set_digest, set_timezone, upsert_chat
+from store.chats import lock_chat, set_digest, set_timezone, upsert_chat
 from store.db import session_scope
 from store.follows import (
     active_topics,
@@ -151,7 +151,7 @@ def record_chat(
 ) -> None:
     """First contact creates the chat; a chat that had blocked us and talks again resumes."""
     with session_scope(engine) as session:
-        before = session.get(Chat, chat_id)
+        before = lock_chat(chat_id, session=session)  # the sender may be pausing it right now
         was_paused = before is not None and before.status != "active"
         upsert_chat(
             chat_id,

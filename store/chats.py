@@ -58,8 +58,21 @@ def upsert_chat(
     return chat
 
 
+def lock_chat(chat_id: int, *, session: Session) -> Chat | None:
+    """The chat, its row locked until the caller's transaction ends (a write that changes
+    nothing: a row lock on PostgreSQL, the write lock on SQLite), read as it stands then.
+
+    The sender pausing a chat and the chat coming back each read its status to decide what to
+    do with its queue: read unlocked, one could act on a status the other was changing."""
+    column = Chat.__table__.c.updated_at  # type: ignore[attr-defined]
+    session.execute(
+        sa.update(Chat.__table__).where(Chat.__table__.c.id == chat_id).values({column: column})  # type: ignore[attr-defined]
+    )
+    return session.get(Chat, chat_id, populate_existing=True)
+
+
 def set_chat_status(chat_id: int, status: str, *, session: Session, now: datetime) -> None:
-    chat = session.get(Chat, chat_id)
+    chat = lock_chat(chat_id, session=session)
     if chat is not None and chat.status != status:
         chat.status = status
         chat.updated_at = now

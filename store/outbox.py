@@ -201,20 +201,22 @@ def fall_back_to_plain(engine: Engine, row_id: int, holder: str, *, text: str) -
     return _finish(engine, row_id, holder, text=text, parse_mode=None, claimed_until=None)
 
 
-def park_chat(engine: Engine, chat_id: int, *, error: str) -> int:
-    """The chat blocked the bot or is gone: its pending rows wait until it comes back."""
-    with engine.begin() as conn:
-        result = conn.execute(
-            sa.update(_T)
-            .where(_T.c.chat_id == chat_id)
-            .where(_T.c.status == OutboxStatus.PENDING)
-            .values(
-                status=OutboxStatus.PARKED,
-                claimed_by=None,
-                claimed_until=None,
-                last_error=error[:500],
-            )
+def park_chat(chat_id: int, *, session: Session, error: str) -> int:
+    """The chat blocked the bot or is gone: its pending rows wait until it comes back.
+
+    Call in the transaction that marks the chat so: the chat coming back (`unpark_chat`) then
+    sees both or neither, and cannot leave rows parked behind an active chat."""
+    result = session.execute(
+        sa.update(_T)
+        .where(_T.c.chat_id == chat_id)
+        .where(_T.c.status == OutboxStatus.PENDING)
+        .values(
+            status=OutboxStatus.PARKED,
+            claimed_by=None,
+            claimed_until=None,
+            last_error=error[:500],
         )
+    )
     return result.rowcount or 0
 
 

@@ -381,3 +381,30 @@ def test_a_digest_queued_while_a_merge_runs_is_not_queued_again(engine, monkeypa
     queue_story_digests(engine, now=later + timedelta(hours=1), policy=POLICY)
     texts = [r.text for r in outbox_rows(engine)]
     assert sum("Storm update news0" in t for t in texts) == 1, texts
+
+
+async def test_a_user_back_while_the_sender_pauses_the_chat_gets_every_message(
+    engine, api, bot, monkeypatch
+):
+    """The sender marked the chat blocked, then parked its rows in a second transaction; a /start
+    in between reactivated the chat with nothing yet parked, and its rows stayed parked for good."""
+    import bot.delivery as delivery_mod
+
+    with session_scope(engine) as session:
+        enqueue(USER, [OutgoingPart("digest A")], session=session, kind="story_digest",
+                dedup_key="a", now=T)  # fmt: skip
+    api.blocked.add(USER)
+
+    def user_is_back() -> None:
+        api.blocked.discard(USER)
+        svc.record_chat(
+            engine, USER, type="private", title=None, username="u", now=T, default_timezone="UTC"
+        )
+
+    threads, wrap = _meanwhile(user_is_back)
+    monkeypatch.setattr(delivery_mod, "park_chat", wrap(delivery_mod.park_chat))
+    assert (await OutboxSender(engine, bot, clock=lambda: T, per_chat_interval=0).drain()).parked
+    threads[0].join(timeout=30)
+    monkeypatch.undo()
+    await OutboxSender(engine, bot, clock=lambda: T + timedelta(minutes=1)).drain()
+    assert [m.text for m in api.sent_to(USER)] == ["digest A"]

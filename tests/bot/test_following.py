@@ -244,7 +244,8 @@ def test_a_blocked_chat_that_writes_again_resumes_its_queue(engine):
     with session_scope(engine) as session:
         enqueue(CHAT, [OutgoingPart("hi")], session=session, kind="notice", dedup_key="n", now=T0)
         session.get(Chat, CHAT).status = "blocked"
-    park_chat(engine, CHAT, error="blocked")
+    with session_scope(engine) as session:
+        park_chat(CHAT, session=session, error="blocked")
     svc.record_chat(
         engine, CHAT, type="private", title=None, username="u", now=T0, default_timezone="UTC"
     )

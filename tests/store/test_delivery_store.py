@@ -132,7 +132,8 @@ def test_stale_claims_of_other_holders_are_released(db_engine):
 def test_parked_chat_rows_wait_and_resume(db_engine):
     with session_scope(db_engine) as session:
         enqueue(1, [OutgoingPart("a")], session=session, kind="notice", dedup_key="a", now=T0)
-    assert park_chat(db_engine, 1, error="blocked") == 1
+    with session_scope(db_engine) as session:
+        assert park_chat(1, session=session, error="blocked") == 1
     assert claimable(db_engine, now=T0) == []
     with session_scope(db_engine) as session:
         assert unpark_chat(1, session=session, now=T0) == 1
