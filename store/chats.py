@@ -8,6 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from store.db import lock_rows
 from store.models import (
     Chat,
     ChatStatus,
@@ -64,10 +65,7 @@ def lock_chat(chat_id: int, *, session: Session) -> Chat | None:
 
     The sender pausing a chat and the chat coming back each read its status to decide what to
     do with its queue: read unlocked, one could act on a status the other was changing."""
-    column = Chat.__table__.c.updated_at  # type: ignore[attr-defined]
-    session.execute(
-        sa.update(Chat.__table__).where(Chat.__table__.c.id == chat_id).values({column: column})  # type: ignore[attr-defined]
-    )
+    lock_rows(session, Chat.__table__, [chat_id])  # type: ignore[arg-type]
     return session.get(Chat, chat_id, populate_existing=True)
 
 

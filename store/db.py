@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,3 +132,12 @@ class DatabaseClock:
         if after - before <= self._MAX_ROUND_TRIP:
             self.offset = value - (before + (after - before) / 2)
         return self.offset
+
+
+def lock_rows(session: Session, table: sa.Table, ids: Iterable[int]) -> None:
+    """Lock rows by id until the transaction ends, with a write that changes nothing (their
+    `updated_at` set to itself): a row lock on PostgreSQL; on SQLite the database's write lock,
+    after which this transaction's reads see no other writer's work in progress. Ids in order,
+    so two lockers of the same rows cannot deadlock."""
+    column = table.c.updated_at
+    session.execute(sa.update(table).where(table.c.id.in_(sorted(ids))).values({column: column}))

@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from store.db import lock_rows
 from store.models import MAX_ROW_ID, Article, Follow, Story
 
 MAX_MERGE_HOPS = 32
@@ -79,25 +80,12 @@ def lock_story(story_id: int, *, session: Session) -> Story | None:
         story = resolve_story(story_id, session=session)
         if story is None:
             return None
-        _lock_rows([story.id], session=session)  # type: ignore[list-item]
+        lock_rows(session, Story.__table__, [story.id])  # type: ignore[arg-type,list-item]
         session.refresh(story)  # as it stands now that no merge can change it
         if story.merged_into_id is None:
             return story
         story_id = story.merged_into_id
     return None
-
-
-def _lock_rows(story_ids: list[int], *, session: Session) -> None:
-    """Lock story rows with a write that changes nothing: a row lock on PostgreSQL, the database's
-    write lock on SQLite (whose reads until then saw no other writer's work in progress)."""
-    column = Story.__table__.c.updated_at  # type: ignore[attr-defined]
-    session.execute(
-        sa.update(Story.__table__)
-        .where(Story.__table__.c.id.in_(sorted(story_ids)))
-        .values(  # type: ignore[attr-defined]
-            {column: column}
-        )
-    )
 
 
 def merged_story_ids(story_id: int, *, session: Session) -> list[int]:
@@ -116,7 +104,8 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     the survivor, so old buttons and `/story` ids keep working.
     """
     session.flush()
-    _lock_rows([absorbed_id, survivor_id], session=session)  # see lock_story
+    # see lock_story
+    lock_rows(session, Story.__table__, [absorbed_id, survivor_id])  # type: ignore[arg-type]
     # Lock the follows of both stories (PostgreSQL; SQLite has one writer at a time): a digest
     # queued for one of them between this read and the write below would be queued again from
     # the watermark written here. Its compare-and-set (advance_follow) waits, then finds the
