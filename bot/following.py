@@ -473,12 +473,16 @@ def follow_matching_topics(
         # a story touched earlier in the batch may have been merged since: follow where it went
         live: dict[int, Story] = {}
         for story in stories:
-            resolved = lock_story(story.id, session=session)  # type: ignore[arg-type]
-            if resolved is not None:
-                live[resolved.id] = resolved  # type: ignore[index]
-        for story in sorted(live.values(), key=lambda s: s.id):
-            matching = [t for t in topics if topic_matches(t.query_key, story.headline)]
+            resolved = resolve_story(story.id, session=session) if story.merged_into_id else story
+            if resolved is not None and resolved.merged_into_id is None:
+                live[resolved.id] = resolved
+        for candidate in sorted(live.values(), key=lambda s: s.id):
+            matching = [t for t in topics if topic_matches(t.query_key, candidate.headline)]
             if not matching:
+                continue
+            # locked only now, when there is a follow to make: a merge meanwhile would strand it
+            story = lock_story(candidate.id, session=session)  # type: ignore[arg-type]
+            if story is None:
                 continue
             stopped = opted_out_chats(
                 [story.id, *merged_story_ids(story.id, session=session)],  # type: ignore[list-item]

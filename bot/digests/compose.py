@@ -73,7 +73,8 @@ _ENDS_SENTENCES_TOO = frozenset(
     "a.m p.m etc inc corp ltd co plc jr sr u.s u.k u.n e.u".split()  # noqa: SIM905
 )
 # Greek asks its questions with ";" (U+037E, which NFKC makes a plain semicolon)
-_GREEK_QUESTION = r"(?<=[\u0370-\u03ff\u1f00-\u1fff][;\u037e])"
+GREEK_QUESTION_MARK = r"[\u0370-\u03ff\u1f00-\u1fff][;\u037e]"  # after a Greek letter
+_GREEK_QUESTION = rf"(?<={GREEK_QUESTION_MARK})"
 # A possible sentence end: Latin-style punctuation and a space, or the full-width marks of
 # Chinese and Japanese, which need no space. Whether a Latin-style one ends the sentence depends
 # on the next word (see _starts_sentence).
@@ -285,8 +286,9 @@ def _summary_sentences(summary: str) -> list[str]:
     Feeds cut descriptions at a fixed length, often mid-word and without "…". A last sentence
     without closing punctuation is taken as cut when another sentence precedes it, when it is as
     long as a lede (CUT_LEDE_WORDS), when it ends on a word no sentence ends on ("the", "be") or
-    inside a word ("econo"); another short unpunctuated summary is a deck, and kept. A complete standfirst of a lede's length
-    without a full stop is lost this way; the article's title still speaks for it.
+    inside a word ("econo"); another short unpunctuated summary is a deck, and kept. A complete
+    standfirst of a lede's length without a full stop is lost this way; the article's title
+    still speaks for it.
     """
     sentences = split_sentences(_DATELINE.sub("", " ".join(summary.split())))
     last = sentences[-1] if sentences else ""

@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from html.parser import HTMLParser
 
-from bot.digests.compose import CitedSentence, SourceRef, StoryDigest
+from bot.digests.compose import GREEK_QUESTION_MARK, CitedSentence, SourceRef, StoryDigest
 
 __all__ = [
     "plain_fallback",
@@ -48,7 +48,7 @@ _WORDISH = re.compile(r"[^\s]+\s*|\s+")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*\s+$")
 # A final full stop that is part of the last word: an ellipsis, dotted initials ("U.S.", "a.m."),
 # or a company or name suffix. Citations go after it, not between the word and its dot.
-_GREEK_QUESTION = re.compile(r"[\u0370-\u03ff\u1f00-\u1fff][;\u037e]$")  # Greek asks with ";"
+_GREEK_QUESTION = re.compile(f"{GREEK_QUESTION_MARK}$")
 _KEEPS_ITS_STOP = re.compile(r"(\.\.|\b(?:[^\W\d_]\.){2,}|\b(?i:inc|corp|co|ltd|plc|jr|sr|etc)\.)$")
 
 # A break after an atom: 3 after a newline, 2 after a sentence, 1 after a space, 0 anywhere else.
@@ -100,11 +100,8 @@ def _sentence(sentence: CitedSentence) -> str:
     text, cites = " ".join(sentence.text.split()), _citations(sentence.citations)
     if not cites:
         return _text(text)
-    if (
-        text
-        and (text[-1] in ".!?。！？؟।۔" or _GREEK_QUESTION.search(text))
-        and not (_KEEPS_ITS_STOP.search(text))
-    ):
+    stop = text[-1:] in tuple(".!?。！？؟।۔") or _GREEK_QUESTION.search(text)
+    if stop and not _KEEPS_ITS_STOP.search(text):
         return f"{_text(text[:-1].rstrip())} {cites}{text[-1]}"
     return f"{_text(text)} {cites}"
 
