@@ -318,7 +318,6 @@ async def assign_and_notify(services: Services) -> int:
         services.engine,
         story_ids,
         now=services.now(),
-        first_new_article_id=min((a.article_id for a in assignments), default=1),
         on_follow=functools.partial(queue_topic_notice, now=services.now()),
     )
     return len(assignments)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -265,7 +266,8 @@ async def assign_pending_stories(
 
     None when another process (a running bot) holds the matcher lease: it matches them from its
     own memory, which a second matcher working beside it would leave out of date."""
-    from bot.app import MATCHER_LEASE, MATCHER_LEASE_TTL
+    from bot.app import MATCHER_LEASE, MATCHER_LEASE_TTL, queue_topic_notice
+    from bot.following import follow_matching_topics
     from bot.leases import renewing
     from bot.stories.service import StoryService
     from store.leases import acquire_lease, process_holder, release_lease
@@ -279,7 +281,16 @@ async def assign_pending_stories(
             service = await asyncio.to_thread(
                 StoryService.open, engine, window_hours=settings.story_window_hours, clock=clock
             )
-            return len(await asyncio.to_thread(service.assign_pending))
+            assignments = await asyncio.to_thread(service.assign_pending)
+            # as the running bot does after matching: keywords follow the stories they match
+            await asyncio.to_thread(
+                follow_matching_topics,
+                engine,
+                sorted({s for a in assignments for s in a.touched}),
+                now=clock(),
+                on_follow=functools.partial(queue_topic_notice, now=clock()),
+            )
+            return len(assignments)
     finally:
         await asyncio.to_thread(release_lease, *lease)
 

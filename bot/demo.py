@@ -205,9 +205,8 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
                 await asyncio.to_thread(
                     following.follow_matching_topics,
                     engine,
-                    sorted({m.story_id for m in matched}),
+                    sorted({s for m in matched for s in m.touched}),
                     now=clock.now,
-                    first_new_article_id=min((m.article_id for m in matched), default=1),
                 )
                 out(
                     f"\n· {clock.now:%a %d %b %H:%M} UTC: "

@@ -25,7 +25,7 @@ from bot.digests.schedule import (
     parse_timezone,
     stored_timezone,
 )
-from store.articles import latest_story_articles
+from store.articles import latest_story_articles, stories_matched_after
 from store.chats import lock_chat, set_digest, set_timezone, upsert_chat
 from store.db import session_scope
 from store.follows import (
@@ -47,6 +47,7 @@ from store.follows import (
 from store.models import MAX_ROW_ID, Article, Chat, Story, TopicFollow
 from store.outbox import cancel_story_digests, unpark_chat
 from store.stories import lock_story, merged_story_ids, resolve_story, top_story_coverage
+from store.watermarks import TOPICS, hold_watermark, move_watermark
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -447,60 +448,90 @@ TopicFollowed = Callable[[Session, int, StoryCard, str], None]
 
 def follow_matching_topics(
     engine: Engine,
-    story_ids: Sequence[int],
+    story_ids: Sequence[int] = (),
     *,
     now: datetime,
-    first_new_article_id: int = 1,
     on_follow: TopicFollowed | None = None,
 ) -> list[tuple[int, StoryCard, str]]:
-    """Follow, for every topic that matches one of these stories, that story. Returns
+    """Follow, for every topic that matches a story matching changed, that story. Returns
     (chat_id, story, topic) for each follow created, so the chat can be told.
 
-    The follow's first digest holds the story's articles from `first_new_article_id` on (the
-    batch just matched), as a follow by id holds those after it. A chat that unfollowed the
-    story, or a story merged into it, is not made to follow it again.
+    The stories are those of the articles matched since the last run, found from the "topics"
+    watermark that this same transaction moves on: a crash between matching and this step, or
+    matching by `storywire poll --once`, leaves them to the next run, not unchecked. `story_ids`
+    adds stories changed otherwise (a merge's survivor, whose headline may have changed).
+
+    The follow's first digest holds the story's articles matched since the last run, as a follow
+    by id holds those after it. A chat that unfollowed the story, or a story merged into it, is
+    not made to follow it again. Two processes running this at once take turns on the watermark.
 
     `on_follow(session, chat_id, story, topic)` runs for each follow created, in the same
     transaction: a notice queued there lands with its follow or not at all."""
+    with session_scope(engine) as session:
+        since = hold_watermark(TOPICS, session=session)
+        matched, upto = stories_matched_after(since, session=session)
+        created = _follow_matching(
+            sorted({*matched, *story_ids}),
+            session=session,
+            now=now,
+            from_article_id=since,
+            on_follow=on_follow,
+        )
+        move_watermark(TOPICS, upto, session=session, now=now)
+    return created
+
+
+def _follow_matching(
+    story_ids: Sequence[int],
+    *,
+    session: Session,
+    now: datetime,
+    from_article_id: int,
+    on_follow: TopicFollowed | None,
+) -> list[tuple[int, StoryCard, str]]:
     if not story_ids:
         return []
     created: list[tuple[int, StoryCard, str]] = []
-    with session_scope(engine) as session:
-        topics = active_topics(session=session)
-        if not topics:
-            return []
-        stories = session.exec(select(Story).where(col(Story.id).in_(list(story_ids)))).all()
-        # a story touched earlier in the batch may have been merged since: follow where it went
-        live: dict[int, Story] = {}
-        for story in stories:
-            resolved = resolve_story(story.id, session=session) if story.merged_into_id else story
-            if resolved is not None and resolved.merged_into_id is None:
-                live[resolved.id] = resolved
-        for candidate in sorted(live.values(), key=lambda s: s.id):
-            matching = [t for t in topics if topic_matches(t.query_key, candidate.headline)]
-            if not matching:
+    topics = active_topics(session=session)
+    if not topics:
+        return []
+    ids = list(story_ids)
+    stories = [  # in slices: a long backlog must not pass the databases' limit on parameters
+        story
+        for at in range(0, len(ids), 1000)
+        for story in session.exec(select(Story).where(col(Story.id).in_(ids[at : at + 1000])))
+    ]
+    # a story touched earlier in the batch may have been merged since: follow where it went
+    live: dict[int, Story] = {}
+    for story in stories:
+        resolved = resolve_story(story.id, session=session) if story.merged_into_id else story
+        if resolved is not None and resolved.merged_into_id is None:
+            live[resolved.id] = resolved
+    for candidate in sorted(live.values(), key=lambda s: s.id):
+        matching = [t for t in topics if topic_matches(t.query_key, candidate.headline)]
+        if not matching:
+            continue
+        # locked only now, when there is a follow to make: a merge meanwhile would strand it
+        story = lock_story(candidate.id, session=session)  # type: ignore[arg-type]
+        if story is None:
+            continue
+        stopped = opted_out_chats(
+            [story.id, *merged_story_ids(story.id, session=session)],  # type: ignore[list-item]
+            session=session,
+        )
+        for topic in matching:
+            if topic.chat_id in stopped:
                 continue
-            # locked only now, when there is a follow to make: a merge meanwhile would strand it
-            story = lock_story(candidate.id, session=session)  # type: ignore[arg-type]
-            if story is None:
-                continue
-            stopped = opted_out_chats(
-                [story.id, *merged_story_ids(story.id, session=session)],  # type: ignore[list-item]
+            _, new = follow_story(
+                topic.chat_id,
+                story.id,  # type: ignore[arg-type]
                 session=session,
+                now=now,
+                topic_id=topic.id,
+                from_article_id=from_article_id,
             )
-            for topic in matching:
-                if topic.chat_id in stopped:
-                    continue
-                _, new = follow_story(
-                    topic.chat_id,
-                    story.id,  # type: ignore[arg-type]
-                    session=session,
-                    now=now,
-                    topic_id=topic.id,
-                    from_article_id=max(first_new_article_id - 1, 0),
-                )
-                if new:
-                    created.append((topic.chat_id, _card(story), topic.query))
-                    if on_follow is not None:
-                        on_follow(session, topic.chat_id, created[-1][1], topic.query)
+            if new:
+                created.append((topic.chat_id, _card(story), topic.query))
+                if on_follow is not None:
+                    on_follow(session, topic.chat_id, created[-1][1], topic.query)
     return created

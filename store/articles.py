@@ -181,6 +181,30 @@ def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Artic
     ).all()
 
 
+def stories_matched_after(after_id: int, *, session: Session) -> tuple[list[int], int]:
+    """The stories of the articles matched since article `after_id`, and the id up to which
+    those articles run: the last before the first one not matched yet, so that one (matched in
+    a later pass) is still ahead of a watermark moved there."""
+    table = Article.__table__
+    later = table.c.id > after_id
+    waiting = session.execute(
+        sa.select(sa.func.min(table.c.id)).where(later, table.c.story_id.is_(None))
+    ).scalar()
+    last = (
+        waiting - 1
+        if waiting is not None
+        else session.execute(sa.select(sa.func.max(table.c.id)).where(later)).scalar()
+    )
+    if last is None or last <= after_id:
+        return [], after_id
+    stories = session.execute(
+        sa.select(table.c.story_id)
+        .where(later, table.c.id <= last, table.c.story_id.is_not(None))
+        .distinct()
+    ).scalars()
+    return sorted(stories), int(last)
+
+
 def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
     """Every article of the stories with an article published since `since`, in arrival order:
     the stories the matcher holds active, whole, replayed the way the live process built them

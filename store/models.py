@@ -280,3 +280,14 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=100)
     expires_at: datetime = Field(sa_column=_ts(nullable=False))
+
+
+class Watermark(SQLModel, table=True):
+    """How far a step that follows the articles' ids has got, so it resumes there after a crash:
+    the keyword step ("topics") checks the stories of articles up to `position` for topics."""
+
+    __tablename__ = "watermark"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=_ts(nullable=False, default=True))

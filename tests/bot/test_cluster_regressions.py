@@ -14,12 +14,13 @@ from sqlalchemy.engine import Engine
 from bot.app import MATCHER_LEASE, Services, assign_and_notify
 from bot.cli import assign_pending_stories, main
 from bot.config import Settings
+from bot.following import follow_topic, record_chat
 from bot.stories.matcher import ArticleText
 from bot.stories.service import StoryService
 from store.articles import NewArticle, insert_articles
 from store.db import session_scope
 from store.leases import lease_holder
-from store.models import Article, Story
+from store.models import Article, Follow, OutboxMessage, Story
 from tests.conftest import T0
 
 IOS_A = "Apple unveils iOS 7.1 update with CarPlay"
@@ -227,6 +228,23 @@ async def test_poll_once_matches_and_lets_go_of_the_lease_when_no_one_holds_it(d
     _store(db_engine, "Sbarro files for bankruptcy again", 0)
     assert await assign_pending_stories(Settings(_env_file=None), db_engine) == 1  # type: ignore[call-arg]
     assert lease_holder(db_engine, MATCHER_LEASE, now=datetime.now(UTC)) is None  # let go
+
+
+async def test_poll_once_follows_the_stories_keywords_match_and_says_so(db_engine):
+    """`poll --once` matched articles but had no keyword step: no chat was ever made to follow
+    the stories it matched, and the running bot's own step did not look at them either."""
+    record_chat(
+        db_engine, 7, type="private", title=None, username="u", now=T0, default_timezone="UTC"
+    )
+    follow_topic(db_engine, 7, "Sbarro", now=T0)
+    _store(db_engine, "Sbarro files for bankruptcy again", 0)
+    assert await assign_pending_stories(Settings(_env_file=None), db_engine) == 1  # type: ignore[call-arg]
+    with session_scope(db_engine) as session:
+        [story_id] = session.execute(sa.select(Article.story_id)).scalars().all()
+        follows = session.execute(sa.select(Follow.chat_id, Follow.story_id)).all()
+        notices = session.execute(sa.select(OutboxMessage.chat_id, OutboxMessage.kind)).all()
+    assert follows == [(7, story_id)]
+    assert notices == [(7, "notice")]
 
 
 def test_an_existing_output_is_replaced_not_appended(env):

@@ -196,16 +196,60 @@ def test_an_opt_out_moves_with_a_group_to_its_supergroup(engine):
     assert svc.follow_matching_topics(engine, [story], now=T0) == []
 
 
+def _add_article(engine, story_id: int | None, title: str) -> int:  # type: ignore[no-untyped-def]
+    """An article matched to `story_id` (None: not matched yet); returns its id."""
+    with session_scope(engine) as session:
+        [aid] = insert_articles(
+            None,
+            [NewArticle(title, None, None, title, "", "Outlet", "", T0)],
+            session=session,
+            fetched_at=T0,
+        )
+        session.get(Article, aid).story_id = story_id
+        return aid
+
+
 def test_a_keyword_follow_starts_with_the_batch_that_matched(engine):
     """It started at 0: its first digest counted articles from before as new ones."""
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection", articles=2)
+    assert svc.follow_matching_topics(engine, [story], now=T0) == []  # no topic yet
     svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
-    story = _story(engine, "Mt Gox seeks US bankruptcy protection", articles=3)
+    before = _add_article(engine, None, "unrelated, not matched yet")
     with session_scope(engine) as session:
-        ids = sorted(a.id for a in session.exec(select(Article)))
-    svc.follow_matching_topics(engine, [story], now=T0, first_new_article_id=ids[-1])
+        session.get(Article, before).story_id = story
+    newest = _add_article(engine, story, "Mt Gox files in Tokyo")
+    assert svc.follow_matching_topics(engine, [story], now=T0)
     with session_scope(engine) as session:
         [follow] = session.exec(select(Follow)).all()
-    assert follow.last_digested_article_id == ids[-2]  # the last article is the batch's
+    assert follow.last_digested_article_id == before - 1  # the batch is `before` and `newest`
+    assert newest > before
+
+
+def test_a_crash_between_matching_and_the_keyword_step_loses_no_follow(engine):
+    """The step ran for the stories of the pass that had just matched, from memory: a crash in
+    between (or `poll --once`, which had no step) left those stories unfollowed for good."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    story = _story(engine, "Mt Gox seeks US bankruptcy protection", articles=2)
+    # matched and committed; the process died before its keyword step: the next run knows of
+    # no story of its own
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, story)]
+    assert svc.follow_matching_topics(engine, [], now=T0) == []  # and only once
+
+
+def test_the_keyword_step_waits_for_an_article_not_matched_yet(engine):
+    """Articles are matched in id order: one not matched yet is matched by a later pass, and
+    the step must still look at its story then, though articles after it were looked at."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    waiting = _add_article(engine, None, "Mt Gox seeks US bankruptcy protection")
+    other = _story(engine, "Apple releases iOS 7.1")
+    assert svc.follow_matching_topics(engine, [other], now=T0) == []
+    with session_scope(engine) as session:
+        story = create_story(session=session, headline="Mt Gox goes bust", published_at=T0, now=T0)
+        session.get(Article, waiting).story_id = story.id
+        story_id = story.id
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, story_id)]
 
 
 def test_top_ranks_by_sources_then_recency(engine):

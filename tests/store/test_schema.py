@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -14,8 +15,10 @@ from store.articles import NewArticle, insert_articles
 from store.db import DatabaseClock, session_scope
 from store.feeds import FeedExists, add_feed, due_feeds
 from store.leases import LeaseTake, acquire_lease, lease_holder, release_lease, take_lease
-from store.migrate import current_revision, upgrade
+from store.migrate import alembic_config, current_revision, upgrade
 from store.models import Article, Feed
+from store.stories import create_story
+from store.watermarks import TOPICS, hold_watermark
 from tests.conftest import T0
 
 
@@ -41,6 +44,20 @@ def test_migrations_match_the_models(db_engine):
 def test_upgrade_twice_is_a_no_op(db_engine):
     upgrade(db_engine)
     assert current_revision(db_engine) is not None
+
+
+def test_the_keyword_watermark_starts_where_matching_is_on_an_existing_database(db_engine):
+    """From the first article, the step would follow every old story matching a topic again."""
+    command.downgrade(alembic_config(db_engine), "0003")
+    with session_scope(db_engine) as session:
+        story = create_story(session=session, headline="Storm", published_at=T0, now=T0)
+        ids = insert_articles(
+            None, [_article("a", None), _article("b", None)], session=session, fetched_at=T0
+        )
+        session.get(Article, ids[0]).story_id = story.id  # the second is not matched yet
+    upgrade(db_engine)
+    with session_scope(db_engine) as session:
+        assert hold_watermark(TOPICS, session=session) == ids[0]
 
 
 def test_datetimes_round_trip_as_aware_utc(db_engine):
