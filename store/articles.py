@@ -220,6 +220,16 @@ def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
     ).all()
 
 
+def owed_articles(story_id: int, ids: Sequence[int], *, session: Session) -> Sequence[Article]:
+    """The articles with these ids still in the story, in arrival order."""
+    return session.exec(
+        select(Article)
+        .where(col(Article.id).in_(list(ids)))
+        .where(Article.story_id == story_id)
+        .order_by(col(Article.id))
+    ).all()
+
+
 def story_articles(
     story_id: int, *, session: Session, after_id: int = 0, limit: int | None = None
 ) -> Sequence[Article]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from store.models import Article, Chat, ChatStatus, Follow, Story, StoryOptOut, TopicFollow
+from store.models import (
+    Article,
+    Chat,
+    ChatStatus,
+    Follow,
+    FollowBacklog,
+    Story,
+    StoryOptOut,
+    TopicFollow,
+)
 
 
 def follow_story(
@@ -183,14 +193,20 @@ class PendingFollow:
     chat_id: int
     story_id: int
     last_digested_article_id: int
-    newest_article_id: int
+    newest_article_id: int  # the watermark itself when only the backlog is unsent
     unsent: int
     first_unsent_at: datetime
     last_unsent_at: datetime
+    owed: tuple[int, ...] = ()  # backlog article ids, ascending (see FollowBacklog)
 
 
 def pending_follows(*, session: Session, now: datetime) -> list[PendingFollow]:
-    """Follows of active, unmuted chats whose story has articles they have not been sent."""
+    """Follows of active, unmuted chats whose story has articles they have not been sent: above
+    the watermark, or on the follow's backlog."""
+    sendable = (
+        Chat.status == ChatStatus.ACTIVE,
+        sa.or_(col(Follow.muted_until).is_(None), col(Follow.muted_until) <= now),
+    )
     stmt = (
         sa.select(
             Follow.id,
@@ -205,27 +221,100 @@ def pending_follows(*, session: Session, now: datetime) -> list[PendingFollow]:
         .join(Article, col(Article.story_id) == col(Follow.story_id))
         .join(Chat, col(Chat.id) == col(Follow.chat_id))
         .where(col(Article.id) > col(Follow.last_digested_article_id))
-        .where(Chat.status == ChatStatus.ACTIVE)
-        .where(sa.or_(col(Follow.muted_until).is_(None), col(Follow.muted_until) <= now))
+        .where(*sendable)
         .group_by(Follow.id, Follow.chat_id, Follow.story_id, Follow.last_digested_article_id)
     )
-    return [PendingFollow(*row) for row in session.execute(stmt).all()]
+    pending = {row[0]: PendingFollow(*row) for row in session.execute(stmt).all()}
+    backlog = (
+        sa.select(
+            Follow.id,
+            Follow.chat_id,
+            Follow.story_id,
+            Follow.last_digested_article_id,
+            FollowBacklog.article_id,
+            FollowBacklog.created_at,
+        )
+        .join(FollowBacklog, col(FollowBacklog.follow_id) == col(Follow.id))
+        # still in the followed story: a backlog never outlives a move, but a stray row is no news
+        .join(
+            Article,
+            sa.and_(
+                col(Article.id) == col(FollowBacklog.article_id),
+                col(Article.story_id) == col(Follow.story_id),
+            ),
+        )
+        .join(Chat, col(Chat.id) == col(Follow.chat_id))
+        .where(*sendable)
+        .order_by(col(Follow.id), col(FollowBacklog.article_id))
+    )
+    owed: dict[int, list[tuple[int, datetime]]] = {}
+    heads: dict[int, tuple[int, int, int]] = {}
+    for follow_id, chat_id, story_id, mark, article_id, since in session.execute(backlog).all():
+        owed.setdefault(follow_id, []).append((article_id, since))
+        heads[follow_id] = (chat_id, story_id, mark)
+    for follow_id, items in owed.items():
+        times = [since for _, since in items]
+        ids = tuple(a for a, _ in items)
+        above = pending.get(follow_id)
+        if above is None:
+            chat_id, story_id, mark = heads[follow_id]
+            pending[follow_id] = PendingFollow(
+                follow_id, chat_id, story_id, mark, mark, len(ids), min(times), max(times), ids
+            )
+        else:
+            pending[follow_id] = dataclasses.replace(
+                above,
+                unsent=above.unsent + len(ids),
+                first_unsent_at=min(above.first_unsent_at, *times),
+                last_unsent_at=max(above.last_unsent_at, *times),
+                owed=ids,
+            )
+    return [pending[f] for f in sorted(pending)]
 
 
 def advance_follow(
-    follow_id: int, after_id: int, newest_article_id: int, *, story_id: int, session: Session
+    follow_id: int,
+    after_id: int,
+    newest_article_id: int,
+    *,
+    story_id: int,
+    session: Session,
+    owed: Sequence[int] = (),
 ) -> bool:
-    """Record that the follow's articles up to `newest_article_id` were digested, if it still
-    stands where the caller read it: at `after_id`, on `story_id`. A compare-and-set: a second
-    scheduler working from the same or an older read, or a merge that moved the follow to
-    another story meanwhile, finds nothing to advance, so nothing is queued twice or from the
-    wrong story."""
-    result = session.execute(
+    """Record that the follow's articles up to `newest_article_id`, and those of its backlog in
+    `owed`, were digested, if it still stands where the caller read it: at `after_id`, on
+    `story_id`, owing at least `owed`. A compare-and-set: a second scheduler working from the
+    same or an older read, or a merge that moved the follow to another story meanwhile, finds
+    nothing to advance, so nothing is queued twice or from the wrong story."""
+    if newest_article_id <= after_id and not owed:
+        return False
+    standing = (
         sa.update(Follow)
         .where(col(Follow.id) == follow_id)
         .where(col(Follow.story_id) == story_id)
         .where(col(Follow.last_digested_article_id) == after_id)
-        .where(col(Follow.last_digested_article_id) < newest_article_id)
-        .values(last_digested_article_id=newest_article_id)
     )
-    return bool(result.rowcount)
+    if not owed:
+        result = session.execute(
+            standing.where(col(Follow.last_digested_article_id) < newest_article_id).values(
+                last_digested_article_id=newest_article_id
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+    # two writes that must land together: a savepoint undoes the first if the second finds that
+    # another scheduler sent part of the backlog already
+    savepoint = session.begin_nested()
+    moved = session.execute(
+        standing.values(last_digested_article_id=max(after_id, newest_article_id))
+    )
+    if moved.rowcount:  # type: ignore[attr-defined]
+        sent = session.execute(
+            sa.delete(FollowBacklog)
+            .where(col(FollowBacklog.follow_id) == follow_id)
+            .where(col(FollowBacklog.article_id).in_(list(owed)))
+        )
+        if sent.rowcount == len(set(owed)):  # type: ignore[attr-defined]
+            savepoint.commit()
+            return True
+    savepoint.rollback()
+    return False

@@ -193,6 +193,28 @@ class Follow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
 
 
+class FollowBacklog(SQLModel, table=True):
+    """An article a follow is owed though its id is not above the follow's watermark: a merge
+    brought it into the followed story after the chat was sent later ones. Sent with the next
+    digest and then deleted, in the same transaction."""
+
+    __tablename__ = "follow_backlog"
+
+    follow_id: int = Field(
+        sa_column=sa.Column(
+            sa.ForeignKey("follow.id", ondelete="CASCADE"), primary_key=True, nullable=False
+        )
+    )
+    article_id: int = Field(
+        sa_column=sa.Column(
+            sa.ForeignKey("article.id", ondelete="CASCADE"), primary_key=True, nullable=False
+        )
+    )
+    # when the follow came to be owed it: the digest's debounce counts from here, not from when
+    # the article was fetched (an hour before, say)
+    created_at: datetime = Field(sa_column=_ts(nullable=False, default=True))
+
+
 class StoryOptOut(SQLModel, table=True):
     """A chat unfollowed this story: its keywords must not follow it again on their own."""
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from store.db import lock_rows
-from store.models import MAX_ROW_ID, Article, Follow, Story
+from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story
 
 MAX_MERGE_HOPS = 32
 
@@ -96,12 +96,18 @@ def merged_story_ids(story_id: int, *, session: Session) -> list[int]:
 def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: datetime) -> None:
     """Move the absorbed story's articles and follows to the survivor, in the caller's transaction.
 
-    A chat that followed both keeps one follow, with the watermark that loses nothing and repeats
-    nothing when there is one (see `_merged_watermark`), followed by id if either was (so that
-    unfollowing a topic leaves it); a chat that followed only the absorbed
-    story now follows the survivor from its own watermark, so what it had not been sent still
-    comes. The absorbed row stays, pointing at
-    the survivor, so old buttons and `/story` ids keep working.
+    Every follow on the survivor afterwards is owed exactly what it had not been sent, and nothing
+    twice. Its watermark says "every article up to here was sent" no longer: the absorbed
+    story's articles below it were not, so they go on its backlog (FollowBacklog), sent with the
+    next digest.
+    - A chat that followed only the survivor keeps its watermark and is owed the absorbed
+      articles below it.
+    - A chat that followed both keeps one follow, with the higher of the two watermarks, owed
+      each story's articles between its own mark and that one, and both backlogs; followed by id
+      if either was (so that unfollowing a topic leaves it).
+    - A chat that followed only the absorbed story now follows the survivor from its own
+      watermark: the survivor's news from there on, not its history.
+    The absorbed row stays, pointing at the survivor, so old buttons and `/story` ids keep working.
     """
     session.flush()
     # see lock_story
@@ -118,31 +124,38 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
         .execution_options(populate_existing=True)
     )
     follows = session.exec(locked).all()
-    both = {f.chat_id: f.last_digested_article_id for f in follows if f.story_id == survivor_id}
-    watermarks = {
-        f.chat_id: _merged_watermark(
-            session, survivor_id, both[f.chat_id], absorbed_id, f.last_digested_article_id
-        )
-        for f in follows
-        if f.story_id == absorbed_id and f.chat_id in both
-    }
+    kept = {f.chat_id: f for f in follows if f.story_id == survivor_id}
+    owed = _owed_after_merge(
+        session, survivor_id, absorbed_id, kept, [f for f in follows if f.story_id == absorbed_id]
+    )
     session.execute(
         sa.update(Article).where(col(Article.story_id) == absorbed_id).values(story_id=survivor_id)
     )
-    survivor_follows = {
-        f.chat_id: f for f in session.exec(select(Follow).where(Follow.story_id == survivor_id))
-    }
-    for follow in session.exec(select(Follow).where(Follow.story_id == absorbed_id)).all():
-        kept = survivor_follows.get(follow.chat_id)
-        if kept is None:
+    for follow in follows:
+        if follow.story_id != absorbed_id:
+            continue
+        survivor_follow = kept.get(follow.chat_id)
+        if survivor_follow is None:
             follow.story_id = survivor_id
             session.add(follow)
             continue
-        kept.last_digested_article_id = watermarks[follow.chat_id]
+        survivor_follow.last_digested_article_id = max(
+            survivor_follow.last_digested_article_id, follow.last_digested_article_id
+        )
         if follow.topic_id is None:
-            kept.topic_id = None
-        session.add(kept)
+            survivor_follow.topic_id = None
+        session.add(survivor_follow)
+        session.execute(  # what the absorbed follow was still owed, the kept one is owed now
+            sa.update(FollowBacklog)
+            .where(col(FollowBacklog.follow_id) == follow.id)
+            .values(follow_id=survivor_follow.id)
+        )
         session.delete(follow)
+    if owed:
+        session.execute(
+            sa.insert(FollowBacklog),
+            [{"follow_id": f, "article_id": a, "created_at": now} for f, a in sorted(owed)],
+        )
     session.execute(
         sa.update(Story)
         .where(col(Story.merged_into_id) == absorbed_id)
@@ -158,33 +171,42 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     session.flush()
 
 
-def _merged_watermark(
-    session: Session, story_a: int, mark_a: int, story_b: int, mark_b: int
-) -> int:
-    """One watermark for a chat that followed two stories about to merge.
+def _owed_after_merge(
+    session: Session,
+    survivor_id: int,
+    absorbed_id: int,
+    kept: dict[int, Follow],
+    moving: Sequence[Follow],
+) -> set[tuple[int, int]]:
+    """(follow id, article id) for each article below the kept follow's watermark after the
+    merge that its chat was never sent (see merge_stories), read before the articles move."""
+    if not kept:
+        return set()
 
-    Between the two marks lie articles of the story with the lower mark, not yet sent, and of the
-    other, already sent. When only one kind is there, one of the marks is exact. When both are,
-    the lower mark is taken: the chat's next digest repeats a few articles rather than never
-    showing the others.
-    """
-    (low_story, low), (high_story, high) = sorted(
-        ((story_a, mark_a), (story_b, mark_b)), key=lambda x: x[1]
-    )
-
-    def any_between(story_id: int) -> bool:
-        return (
+    def ids(story_id: int, above: int, upto: int) -> list[int]:
+        return list(
             session.exec(
                 select(Article.id)
                 .where(Article.story_id == story_id)
-                .where(col(Article.id) > low)
-                .where(col(Article.id) <= high)
-                .limit(1)
-            ).first()
-            is not None
+                .where(col(Article.id) > above)
+                .where(col(Article.id) <= upto)
+            )
         )
 
-    return low if any_between(low_story) else high
+    absorbed_marks = {f.chat_id: f.last_digested_article_id for f in moving}
+    # read once, not once for each of a popular story's followers
+    absorbed_ids = ids(absorbed_id, 0, max(f.last_digested_article_id for f in kept.values()))
+    owed: set[tuple[int, int]] = set()
+    for chat_id, follow in kept.items():
+        mark = follow.last_digested_article_id
+        other = absorbed_marks.get(chat_id)
+        if other is None:  # followed the survivor only: every absorbed article below is news
+            owed.update((follow.id, a) for a in absorbed_ids if a <= mark)  # type: ignore[misc]
+        elif other > mark:  # the survivor's articles up to the absorbed follow's mark
+            owed.update((follow.id, a) for a in ids(survivor_id, mark, other))  # type: ignore[misc]
+        else:  # and the other way round
+            owed.update((follow.id, a) for a in absorbed_ids if other < a <= mark)  # type: ignore[misc]
+    return owed
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ follow advance is conditional and every row has a unique dedup key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -36,7 +37,7 @@ from bot.digests.schedule import (
     parse_timezone,
     stored_timezone,
 )
-from store.articles import latest_story_articles, story_articles
+from store.articles import latest_story_articles, owed_articles, story_articles
 from store.chats import chats_due_for_group_digest
 from store.db import session_scope
 from store.follows import PendingFollow, advance_follow, pending_follows
@@ -111,13 +112,13 @@ def queue_story_digests(engine: Engine, *, now: datetime, policy: DigestPolicy) 
                 first_unsent_at=p.first_unsent_at, last_unsent_at=p.last_unsent_at, now=now
             )
         ]
-    by_update: dict[tuple[int, int, int], list[PendingFollow]] = defaultdict(list)
+    by_update: dict[tuple[int, int, int, tuple[int, ...]], list[PendingFollow]] = defaultdict(list)
     for p in due:
-        by_update[(p.story_id, p.last_digested_article_id, p.newest_article_id)].append(p)
+        by_update[(p.story_id, p.last_digested_article_id, p.newest_article_id, p.owed)].append(p)
     queued = 0
-    for (story_id, after_id, newest_id), follows in by_update.items():
+    for (story_id, after_id, newest_id, owed), follows in by_update.items():
         with session_scope(engine) as session:
-            queued += _queue_one_update(session, story_id, after_id, newest_id, follows, now)
+            queued += _queue_one_update(session, story_id, after_id, newest_id, owed, follows, now)
     return queued
 
 
@@ -126,23 +127,30 @@ def _queue_one_update(
     story_id: int,
     after_id: int,
     newest_id: int,
+    owed: tuple[int, ...],
     follows: Sequence[PendingFollow],
     now: datetime,
 ) -> int:
     story = get_story(story_id, session=session)
     if story is None:
         return 0
-    in_range = [
+    unsent = [
         a for a in story_articles(story_id, session=session, after_id=after_id) if a.id <= newest_id
     ]
-    articles = in_range[-MAX_ARTICLES_PER_DIGEST:]
+    if owed:  # a merge brought these in below the watermark (see merge_stories)
+        unsent = sorted([*owed_articles(story_id, owed, session=session), *unsent], key=_by_id)
+    articles = unsent[-MAX_ARTICLES_PER_DIGEST:]
     if not articles:
         return 0  # merged away since the read: the follow is pending on the survivor now
-    parts = story_digest_parts(story, articles, new_count=len(in_range))
+    parts = story_digest_parts(story, articles, new_count=len(unsent))
+    # the count too: a merge can bring older articles into the same range of ids
+    key = f"{story_id}:{after_id}-{newest_id}:{len(unsent)}"
+    if owed:
+        key += ":" + hashlib.sha256(",".join(map(str, owed)).encode()).hexdigest()[:16]
     queued = 0
     for follow in follows:
         if not advance_follow(
-            follow.follow_id, after_id, newest_id, story_id=story_id, session=session
+            follow.follow_id, after_id, newest_id, story_id=story_id, session=session, owed=owed
         ):
             continue  # another tick, or a merge, got there first
         enqueue(
@@ -151,12 +159,15 @@ def _queue_one_update(
             session=session,
             kind="story_digest",
             story_id=story_id,
-            # the count too: a merge can bring older articles into the same range of ids
-            dedup_key=f"story:{follow.chat_id}:{story_id}:{after_id}-{newest_id}:{len(in_range)}",
+            dedup_key=f"story:{follow.chat_id}:{key}",
             now=now,
         )
         queued += 1
     return queued
+
+
+def _by_id(article: Article) -> int:
+    return article.id  # type: ignore[return-value]
 
 
 def _days_articles(story: Story, *, since: datetime, session: Session) -> list[Article]:

@@ -373,7 +373,7 @@ def test_a_digest_queued_while_a_merge_runs_is_not_queued_again(engine, monkeypa
         queue_story_digests(engine, now=later, policy=POLICY)
 
     threads, wrap = _meanwhile(tick)
-    monkeypatch.setattr(stories_mod, "_merged_watermark", wrap(stories_mod._merged_watermark))
+    monkeypatch.setattr(stories_mod, "_owed_after_merge", wrap(stories_mod._owed_after_merge))
     with session_scope(engine) as session:
         stories_mod.merge_stories(a, b, session=session, now=later)
     threads[0].join(timeout=30)
@@ -408,3 +408,82 @@ async def test_a_user_back_while_the_sender_pauses_the_chat_gets_every_message(
     monkeypatch.undo()
     await OutboxSender(engine, bot, clock=lambda: T + timedelta(minutes=1)).drain()
     assert [m.text for m in api.sent_to(USER)] == ["digest A"]
+
+
+# --- a merge brings older articles into a followed story ---------------------------------------
+
+
+def _texts(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.text for r in outbox_rows(engine)]
+
+
+def _sent(texts: list[str], tag: str) -> int:
+    """How many digests list the article among their sources (its link ends in its tag)."""
+    return sum(f'/{tag}">' in t for t in texts)
+
+
+def test_a_follower_of_the_survivor_gets_the_articles_a_merge_brings_in_below_its_mark(engine):
+    """Only articles above the follow's watermark were ever digested: the absorbed story's, older
+    than the survivor's last digest, showed only under "All related articles"."""
+    from store.stories import merge_stories
+
+    survivor, absorbed = _story(engine), _story(engine)
+    add_articles(engine, absorbed, 1, T - timedelta(hours=2), tag="lone")  # the lowest id
+    add_articles(engine, survivor, 1, T - timedelta(hours=2), tag="s")
+    svc.follow_story_id(engine, USER, survivor, now=T - timedelta(hours=2))
+    add_articles(engine, survivor, 1, T - timedelta(hours=1), tag="news")
+    assert queue_story_digests(engine, now=T, policy=POLICY) == 1  # "news", mark above "lone"
+    with session_scope(engine) as session:  # "lone" gets its second look and joins
+        merge_stories(absorbed, survivor, session=session, now=T)
+    assert queue_story_digests(engine, now=T + timedelta(minutes=5), policy=POLICY) == 0  # quiet
+    assert queue_story_digests(engine, now=T + timedelta(minutes=15), policy=POLICY) == 1
+    assert queue_story_digests(engine, now=T + timedelta(hours=2), policy=POLICY) == 0
+    texts = _texts(engine)
+    assert [_sent(texts, t) for t in ("lone0", "news0", "s0")] == [1, 1, 0], texts
+    assert "lone0" in texts[-1], texts
+
+
+def test_a_chat_following_both_merged_stories_is_sent_each_article_once(engine):
+    """It took the lower of the two watermarks: the next digest repeated the other story's
+    articles between them."""
+    from store.stories import merge_stories
+
+    survivor, absorbed = _story(engine), _story(engine)
+    add_articles(engine, survivor, 1, T - timedelta(hours=3), tag="s")
+    add_articles(engine, absorbed, 1, T - timedelta(hours=3), tag="a")
+    svc.follow_story_id(engine, USER, absorbed, now=T - timedelta(hours=3))  # "a0" counts as sent
+    add_articles(engine, absorbed, 1, T - timedelta(hours=2), tag="a-later")  # absorbed: unsent
+    add_articles(engine, survivor, 1, T - timedelta(hours=2), tag="s-later")
+    svc.follow_story_id(engine, USER, survivor, now=T - timedelta(hours=2))  # all of it sent
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T)
+    queue_story_digests(engine, now=T + timedelta(hours=2), policy=POLICY)
+    texts = _texts(engine)
+    assert [_sent(texts, t) for t in ("a-later0", "s-later0", "a0", "s0")] == [1, 0, 0, 0], texts
+
+
+def test_two_ticks_that_read_the_same_backlog_queue_it_once(engine, monkeypatch):
+    import bot.digests.queue as queue_mod
+    from store.stories import merge_stories
+
+    survivor, absorbed, other = _story(engine), _story(engine), _story(engine)
+    add_articles(engine, absorbed, 1, T - timedelta(hours=2), tag="lone")
+    add_articles(engine, other, 1, T - timedelta(hours=2), tag="other")
+    add_articles(engine, survivor, 1, T - timedelta(hours=2), tag="s")
+    svc.follow_story_id(engine, USER, survivor, now=T)
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T)
+    later = T + timedelta(hours=1)
+    with session_scope(engine) as session:
+        read_by_a = pending_follows(session=session, now=later)
+    with session_scope(engine) as session:  # a second merge between B's read and A's
+        merge_stories(other, survivor, session=session, now=T)
+        read_by_b = pending_follows(session=session, now=later)
+    assert [p.owed for p in read_by_a] != [p.owed for p in read_by_b]
+    for read in (read_by_a, read_by_a, read_by_b):  # A, A again, then B from its older read
+        monkeypatch.setattr(queue_mod, "pending_follows", lambda read=read, **kw: read)
+        queue_story_digests(engine, now=later, policy=POLICY)
+    monkeypatch.undo()
+    queue_story_digests(engine, now=later + timedelta(hours=1), policy=POLICY)
+    texts = _texts(engine)
+    assert [_sent(texts, t) for t in ("lone0", "other0", "s0")] == [1, 1, 0], texts
