@@ -158,8 +158,14 @@ def add_topic(
     if existing is not None:
         return existing, False
     topic = TopicFollow(chat_id=chat_id, query=query, query_key=query_key, created_at=now)
-    session.add(topic)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(topic)
+            session.flush()
+    except IntegrityError:  # the same words followed at the same moment (a double tap) won
+        again = find_topic(chat_id, query_key, session=session)
+        assert again is not None
+        return again, False
     return topic, True
 
 

@@ -487,3 +487,25 @@ def test_two_ticks_that_read_the_same_backlog_queue_it_once(engine, monkeypatch)
     queue_story_digests(engine, now=later + timedelta(hours=1), policy=POLICY)
     texts = _texts(engine)
     assert [_sent(texts, t) for t in ("lone0", "other0", "s0")] == [1, 1, 0], texts
+
+
+def test_the_same_keywords_followed_twice_at_once_are_followed_once(engine, monkeypatch):
+    """A double tap: both looked for the topic, found none and added it; the second's insert
+    broke the unique constraint, and the user got an error instead of "already following"."""
+    import store.follows as follows_mod
+
+    real, other = follows_mod.find_topic, []
+
+    def read_then_the_other_commits(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = real(*args, **kwargs)
+        if not other:
+            other.append(threading.Thread(target=svc.follow_topic, args=(engine, USER, "bitcoin")
+                                          , kwargs={"now": T}))  # fmt: skip
+            other[0].start()
+            other[0].join(timeout=10)
+        return found
+
+    monkeypatch.setattr(follows_mod, "find_topic", read_then_the_other_commits)
+    result = svc.follow_topic(engine, USER, "Bitcoin", now=T)
+    assert not result.created
+    assert svc.following(engine, USER).topics == ("bitcoin",)
