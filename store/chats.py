@@ -148,11 +148,17 @@ def _move_rows(
 
 
 def _move_pending(old_id: int, new_id: int, *, session: Session) -> None:
+    """Move what waits for the old id, parked rows too: news of a migration comes from inside
+    the supergroup (its service message, or a send that reached it), so the bot is there and
+    they can go, unless the supergroup's own row says it is paused."""
+    new = session.get(Chat, new_id)
+    paused = new is not None and new.status != ChatStatus.ACTIVE
+    waiting = (OutboxStatus.PENDING, OutboxStatus.PARKED)
     session.execute(
         sa.update(OutboxMessage)
         .where(col(OutboxMessage.chat_id) == old_id)
-        .where(col(OutboxMessage.status) == OutboxStatus.PENDING)
-        .values(chat_id=new_id)
+        .where(col(OutboxMessage.status).in_(waiting))
+        .values(chat_id=new_id, status=OutboxStatus.PARKED if paused else OutboxStatus.PENDING)
     )
 
 

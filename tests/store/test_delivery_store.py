@@ -10,7 +10,15 @@ from store.articles import NewArticle, insert_articles
 from store.chats import migrate_chat, upsert_chat
 from store.db import session_scope
 from store.follows import add_topic, advance_follow, follow_story, pending_follows
-from store.models import Article, Chat, ChatStatus, Follow, OutboxMessage, TopicFollow
+from store.models import (
+    Article,
+    Chat,
+    ChatStatus,
+    Follow,
+    OutboxMessage,
+    OutboxStatus,
+    TopicFollow,
+)
 from store.outbox import (
     OutgoingPart,
     claim,
@@ -200,3 +208,23 @@ def test_migration_moves_follows_topics_and_queue(db_engine):
         assert {f.chat_id for f in session.exec(select(Follow)).all()} == {-1001}
         assert {t.chat_id for t in session.exec(select(TopicFollow)).all()} == {-1001}
         assert {m.chat_id for m in session.exec(select(OutboxMessage)).all()} == {-1001}
+
+
+def test_a_migrating_groups_paused_messages_go_to_the_supergroup(db_engine):
+    """Only pending rows moved: those parked while the bot could not post there stayed on the
+    old id, which no one would ever unpark, though the bot is plainly in the supergroup."""
+    with session_scope(db_engine) as session:
+        _chat(session, -100, "group")
+        enqueue(-100, [OutgoingPart("a")], session=session, kind="notice", dedup_key="a", now=T0)
+        assert park_chat(-100, session=session, error="Forbidden: not enough rights") == 1
+        session.get(Chat, -100).status = ChatStatus.BLOCKED
+        enqueue(-100, [OutgoingPart("b")], session=session, kind="notice", dedup_key="b", now=T0)
+    with session_scope(db_engine) as session:  # its "migrated to" message: the bot is in there
+        migrate_chat(-100, -1001, session=session, now=T0)
+    with session_scope(db_engine) as session:
+        rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        assert [(m.text, m.chat_id, m.status) for m in rows] == [
+            ("a", -1001, OutboxStatus.PENDING),
+            ("b", -1001, OutboxStatus.PENDING),
+        ]
+        assert session.get(Chat, -1001).status == ChatStatus.ACTIVE
