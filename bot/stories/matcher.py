@@ -31,6 +31,12 @@ the number of active stories:
    into the larger. A signature is judged on all of a story's articles, so this is much surer than
    the join of one title, and words that define the story ("Sbarro" against "Mt. Gox" in two
    bankruptcy stories) keep different events apart.
+   When no other story covers the signature, a story of `profile_min_articles` or more is
+   compared as a whole with the candidates of that size the signature found: the idf cosine of
+   their word shares (how many of each story's articles hold each word). At `profile_merge` or
+   more they are one event that started as two stories and grew apart in wording (a film's
+   premiere reviews beside its star's interviews) and merge. Both sides must have a few
+   articles, since a cosine of one or two headlines says little.
 7. `revisit`: an article that started a story of its own is looked at again `revisit_after` later
    (an hour), scored like a new article against the stories active then. Its story may not have
    existed yet when it arrived, or been one headline too small to recognise; if it now clears
@@ -132,6 +138,8 @@ class MatcherConfig:
     signature_share: float = 0.6  # a word in this share of a story's articles is its signature
     cover_share: float = 0.7  # another story covers a signature word held by this share of it
     merge_coverage: float = 0.6  # idf-weighted share of the signature covered for a merge
+    profile_merge: float = 0.5  # else the idf cosine of two stories' word shares that merges them
+    profile_min_articles: int = 3  # ... when both have at least this many articles
     settle_every_until: int = 32  # check each article up to this size, then at powers of two
     revisit_after: timedelta = timedelta(hours=1)  # second look at a story of one article ...
     revisit_threshold: float = 0.38  # ... which then joins a story it scores this well against
@@ -301,6 +309,8 @@ class StoryMatcher:
             if coverage >= self.config.merge_coverage and (best is None or coverage > best[0]):
                 best = (coverage, other_id)
         if best is None:
+            best = self._closest_profile(story, candidates)
+        if best is None:
             return None
         return self._merge(story, self._stories[best[1]])
 
@@ -382,6 +392,48 @@ class StoryMatcher:
             idf * min(1.0, other.tokens.get(token, 0) / full) for token, idf in signature.items()
         )
         return covered / sum(signature.values())
+
+    def _closest_profile(self, story: _Story, candidates: set[int]) -> tuple[float, int] | None:
+        """The candidate whose word shares are closest to this one's (idf cosine), if it
+        reaches `profile_merge`; only stories of `profile_min_articles` or more are compared."""
+        least = self.config.profile_min_articles
+        if story.articles < least:
+            return None
+        others = [c for c in sorted(candidates) if self._stories[c].articles >= least]
+        if not others:
+            return None
+        idf: dict[str, float] = {}  # fixed within this call: compute each word's once
+        own = self._profile(story, idf)
+        own_norm = math.sqrt(sum(v * v for v in own.values()))
+        best: tuple[float, int] | None = None
+        for other_id in others:
+            self.comparisons += 1
+            other = self._stories[other_id]
+            dot = square = 0.0
+            for token, count in other.tokens.items():
+                weight = idf.get(token)
+                if weight is None:
+                    weight = idf[token] = self._idf(token)
+                value = weight * count / other.articles
+                square += value * value
+                mine = own.get(token)
+                if mine is not None:
+                    dot += mine * value
+            norm = own_norm * math.sqrt(square)
+            cosine = dot / norm if norm > 0 else 0.0
+            if cosine >= self.config.profile_merge and (best is None or cosine > best[0]):
+                best = (cosine, other_id)
+        return best
+
+    def _profile(self, story: _Story, idf: dict[str, float]) -> dict[str, float]:
+        """Word -> idf times the share of the story's articles that hold the word."""
+        out: dict[str, float] = {}
+        for token, count in story.tokens.items():
+            weight = idf.get(token)
+            if weight is None:
+                weight = idf[token] = self._idf(token)
+            out[token] = weight * count / story.articles
+        return out
 
     def _absorb(self, survivor: _Story, absorbed: _Story) -> None:
         self._forget(absorbed)

@@ -179,6 +179,45 @@ def test_two_bankruptcies_of_different_companies_are_not_merged():
     assert m.active_count == 2
 
 
+NEIGHBORS = [
+    "Neighbors review: Seth Rogen and Zac Efron in a raunchy frat comedy",
+    "SXSW 2014: Neighbors premiere gets big laughs",
+    "Neighbors review: Rogen and Efron go to war with a fraternity",
+    "Neighbors, with Seth Rogen and Zac Efron, opens SXSW",
+]
+
+
+def test_two_stories_of_one_event_worded_apart_merge_on_their_whole_profiles():
+    """The reviews and the star's interviews: "interview" and "frat" in most of the second keep
+    the first from covering its signature, but the two share most of what they say."""
+    interviews = [
+        "Zac Efron interview: frat house comedy",
+        "Efron interview: Seth Rogen and frat life",
+        "Interview: Zac Efron on Neighbors",
+    ]
+    signature_only = StoryMatcher(MatcherConfig(profile_merge=1.01))
+    _story(signature_only, 1, NEIGHBORS, 0)
+    _story(signature_only, 2, interviews, 10)
+    assert signature_only.settle(2) is None
+    m = StoryMatcher()
+    _story(m, 1, NEIGHBORS, 0)
+    _story(m, 2, interviews, 10)
+    merge = m.settle(2)
+    assert merge is not None and (merge.absorbed, merge.survivor) == (2, 1)
+
+
+def test_two_bankruptcies_of_three_articles_each_are_not_merged_on_their_profiles():
+    m = StoryMatcher()
+    _story(m, 1, SBARRO[:3], 0)
+    gox = [
+        "Mt. Gox files for bankruptcy protection in US",
+        "Mt. Gox bankruptcy in Dallas",
+        "Mt. Gox seeks Chapter 15 bankruptcy protection in Texas",
+    ]
+    _story(m, 2, gox, 5)
+    assert m.settle(2) is None and m.settle(1) is None
+
+
 def test_assign_reports_a_merge_and_returns_the_survivor():
     m = StoryMatcher()
     for i in range(4):
