@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from store.db import lock_rows
@@ -13,6 +14,7 @@ from store.models import (
     Chat,
     ChatStatus,
     Follow,
+    FollowBacklog,
     OutboxMessage,
     OutboxStatus,
     StoryOptOut,
@@ -115,6 +117,7 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
         )
         session.add(new)
         session.flush()
+    _move_backlogs(old_id, new_id, session=session)
     _move_rows(Follow, "story_id", old_id, new_id, session=session)
     _move_rows(TopicFollow, "query_key", old_id, new_id, session=session)
     _move_rows(StoryOptOut, "story_id", old_id, new_id, session=session)
@@ -127,6 +130,29 @@ def migrate_chat(old_id: int, new_id: int, *, session: Session, now: datetime) -
     session.add(old)
     session.flush()
     return new
+
+
+def _move_backlogs(old_id: int, new_id: int, *, session: Session) -> None:
+    """Where the supergroup follows a story the group followed too, the group's follow goes (see
+    _move_rows), and with it, by cascade, what a merge left it owed: give that to the
+    supergroup's follow first, unless its own watermark will bring it anyway."""
+    old, new = aliased(Follow), aliased(Follow)
+    pairs = session.execute(
+        sa.select(old.id, new.id, new.last_digested_article_id)
+        .join(new, sa.and_(new.story_id == old.story_id, new.chat_id == new_id))
+        .where(old.chat_id == old_id)
+    ).all()
+    for old_follow, new_follow, mark in pairs:
+        theirs = sa.select(FollowBacklog.article_id).where(
+            col(FollowBacklog.follow_id) == new_follow
+        )
+        session.execute(
+            sa.update(FollowBacklog)
+            .where(col(FollowBacklog.follow_id) == old_follow)
+            .where(col(FollowBacklog.article_id) <= mark)
+            .where(col(FollowBacklog.article_id).not_in(theirs))
+            .values(follow_id=new_follow)
+        )
 
 
 def _move_rows(

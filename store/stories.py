@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,9 +11,12 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from store.db import lock_rows
-from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story
+from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story, StoryOptOut
 
 MAX_MERGE_HOPS = 32
+# a follower is owed at most this many of the articles one merge brings in below its watermark:
+# the newest, as many as one digest shows (bot.digests.queue.MAX_ARTICLES_PER_DIGEST)
+MAX_OWED_PER_MERGE = 50
 
 
 def create_story(
@@ -101,7 +105,7 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     story's articles below it were not, so they go on its backlog (FollowBacklog), sent with the
     next digest.
     - A chat that followed only the survivor keeps its watermark and is owed the absorbed
-      articles below it.
+      articles below it that came while it followed (see _owed_after_merge).
     - A chat that followed both keeps one follow, with the higher of the two watermarks, owed
       each story's articles between its own mark and that one, and both backlogs; followed by id
       if either was (so that unfollowing a topic leaves it).
@@ -115,7 +119,9 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     # Lock the follows of both stories (PostgreSQL; SQLite has one writer at a time): a digest
     # queued for one of them between this read and the write below would be queued again from
     # the watermark written here. Its compare-and-set (advance_follow) waits, then finds the
-    # follow moved on. populate_existing: the locked read's values, not ones loaded earlier.
+    # follow moved on. A tick takes the story row's lock too (bot.digests.queue), so it cannot
+    # read the survivor's articles before this moves the absorbed ones in, then mark them sent.
+    # populate_existing: the locked read's values, not ones loaded earlier.
     locked = (
         select(Follow)
         .where(col(Follow.story_id).in_([survivor_id, absorbed_id]))
@@ -179,33 +185,67 @@ def _owed_after_merge(
     moving: Sequence[Follow],
 ) -> set[tuple[int, int]]:
     """(follow id, article id) for each article below the kept follow's watermark after the
-    merge that its chat was never sent (see merge_stories), read before the articles move."""
+    merge that its chat was never sent (see merge_stories), read before the articles move.
+
+    A chat that followed only the survivor is owed the absorbed articles that came while it
+    followed (a follow starts from now: what came before is history, not news), unless it
+    unfollowed the absorbed story (it was sent some of them, and asked for no more); at most
+    MAX_OWED_PER_MERGE of them, the newest, as a digest shows no more. The reads are one for
+    each story, not one for each follower."""
     if not kept:
         return set()
-
-    def ids(story_id: int, above: int, upto: int) -> list[int]:
-        return list(
+    absorbed_marks = {f.chat_id: f.last_digested_article_id for f in moving}
+    both = {c: m for c, m in absorbed_marks.items() if c in kept}
+    only = [f for c, f in kept.items() if c not in both]
+    owed: set[tuple[int, int]] = set()
+    highest = max(f.last_digested_article_id for f in kept.values())
+    absorbed = session.execute(
+        sa.select(Article.id, Article.fetched_at)
+        .where(col(Article.story_id) == absorbed_id)
+        .where(col(Article.id) <= highest)
+        .order_by(col(Article.id))
+    ).all()
+    if only and absorbed:
+        stopped = set(  # chats that unfollowed the absorbed story (or one merged into it)
+            session.exec(
+                select(StoryOptOut.chat_id).where(
+                    col(StoryOptOut.story_id).in_(
+                        [absorbed_id, *merged_story_ids(absorbed_id, session=session)]
+                    )
+                )
+            ).all()
+        )
+        for follow in only:
+            if follow.chat_id in stopped:
+                continue
+            news = [
+                a
+                for a, fetched in absorbed
+                if a <= follow.last_digested_article_id and fetched >= follow.created_at
+            ]
+            owed.update((follow.id, a) for a in news[-MAX_OWED_PER_MERGE:])  # type: ignore[misc]
+    if both:
+        # each story's articles between the chat's two marks, that the other mark had passed
+        low = min(min(m, kept[c].last_digested_article_id) for c, m in both.items())
+        high = max(max(m, kept[c].last_digested_article_id) for c, m in both.items())
+        survivors = list(
             session.exec(
                 select(Article.id)
-                .where(Article.story_id == story_id)
-                .where(col(Article.id) > above)
-                .where(col(Article.id) <= upto)
-            )
+                .where(Article.story_id == survivor_id)
+                .where(col(Article.id) > low)
+                .where(col(Article.id) <= high)
+                .order_by(col(Article.id))
+            ).all()
         )
-
-    absorbed_marks = {f.chat_id: f.last_digested_article_id for f in moving}
-    # read once, not once for each of a popular story's followers
-    absorbed_ids = ids(absorbed_id, 0, max(f.last_digested_article_id for f in kept.values()))
-    owed: set[tuple[int, int]] = set()
-    for chat_id, follow in kept.items():
-        mark = follow.last_digested_article_id
-        other = absorbed_marks.get(chat_id)
-        if other is None:  # followed the survivor only: every absorbed article below is news
-            owed.update((follow.id, a) for a in absorbed_ids if a <= mark)  # type: ignore[misc]
-        elif other > mark:  # the survivor's articles up to the absorbed follow's mark
-            owed.update((follow.id, a) for a in ids(survivor_id, mark, other))  # type: ignore[misc]
-        else:  # and the other way round
-            owed.update((follow.id, a) for a in absorbed_ids if other < a <= mark)  # type: ignore[misc]
+        absorbed_ids = [a for a, _ in absorbed]
+        for chat_id, other in both.items():
+            follow = kept[chat_id]
+            mark = follow.last_digested_article_id
+            ids, above, upto = (
+                (survivors, mark, other) if other > mark else (absorbed_ids, other, mark)
+            )
+            between = ids[bisect.bisect_right(ids, above) : bisect.bisect_right(ids, upto)]
+            owed.update((follow.id, a) for a in between)  # type: ignore[misc]
     return owed
 
 

@@ -39,7 +39,7 @@ from bot.digests.schedule import (
 )
 from store.articles import latest_story_articles, owed_articles, story_articles
 from store.chats import chats_due_for_group_digest
-from store.db import session_scope
+from store.db import lock_rows, session_scope
 from store.follows import PendingFollow, advance_follow, pending_follows
 from store.models import Article, Chat, Story
 from store.outbox import OutgoingPart, enqueue
@@ -131,9 +131,15 @@ def _queue_one_update(
     follows: Sequence[PendingFollow],
     now: datetime,
 ) -> int:
+    # A merge locks both its stories' rows before it moves articles and follows (merge_stories):
+    # locked here first, the merge either committed before the read below, and its articles are
+    # in it, or waits, and then puts those below the watermark written here on the backlog.
+    # Unlocked, a merge committing between this read and the advance moved articles into the
+    # range this digest marks sent without their being in it.
+    lock_rows(session, Story.__table__, [story_id])  # type: ignore[arg-type]
     story = get_story(story_id, session=session)
-    if story is None:
-        return 0
+    if story is None or story.merged_into_id is not None:
+        return 0  # merged away: the follow is pending on the survivor now
     unsent = [
         a for a in story_articles(story_id, session=session, after_id=after_id) if a.id <= newest_id
     ]
