@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from store.db import lock_rows
-from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story, StoryOptOut
+from store.follows import opted_out_chats
+from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story
 
 MAX_MERGE_HOPS = 32
 # a follower is owed at most this many of the articles one merge brings in below its watermark:
@@ -206,14 +207,8 @@ def _owed_after_merge(
         .order_by(col(Article.id))
     ).all()
     if only and absorbed:
-        stopped = set(  # chats that unfollowed the absorbed story (or one merged into it)
-            session.exec(
-                select(StoryOptOut.chat_id).where(
-                    col(StoryOptOut.story_id).in_(
-                        [absorbed_id, *merged_story_ids(absorbed_id, session=session)]
-                    )
-                )
-            ).all()
+        stopped = opted_out_chats(  # the absorbed story unfollowed, or one merged into it
+            [absorbed_id, *merged_story_ids(absorbed_id, session=session)], session=session
         )
         for follow in only:
             if follow.chat_id in stopped:
