@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from bot import following as svc
 from bot.app import queue_topic_notice
-from store.articles import NewArticle, insert_articles
+from store.articles import NewArticle, assign_article, insert_articles
 from store.chats import migrate_chat
 from store.db import session_scope
 from store.models import Article, Chat, Follow, OutboxMessage, StoryOptOut
@@ -36,7 +36,7 @@ def _story(engine, headline: str, *, articles: int = 1, sources: int = 1, at=T0)
                 session=session,
                 fetched_at=at,
             )
-            session.get(Article, aid).story_id = story.id
+            assign_article(aid, story.id, session=session)
         return story.id
 
 
@@ -205,7 +205,8 @@ def _add_article(engine, story_id: int | None, title: str) -> int:  # type: igno
             session=session,
             fetched_at=T0,
         )
-        session.get(Article, aid).story_id = story_id
+        if story_id is not None:
+            assign_article(aid, story_id, session=session)
         return aid
 
 
@@ -216,7 +217,7 @@ def test_a_keyword_follow_starts_with_the_batch_that_matched(engine):
     svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
     before = _add_article(engine, None, "unrelated, not matched yet")
     with session_scope(engine) as session:
-        session.get(Article, before).story_id = story
+        assign_article(before, story, session=session)
     newest = _add_article(engine, story, "Mt Gox files in Tokyo")
     assert svc.follow_matching_topics(engine, [story], now=T0)
     with session_scope(engine) as session:
@@ -246,7 +247,7 @@ def test_the_keyword_step_waits_for_an_article_not_matched_yet(engine):
     assert svc.follow_matching_topics(engine, [other], now=T0) == []
     with session_scope(engine) as session:
         story = create_story(session=session, headline="Mt Gox goes bust", published_at=T0, now=T0)
-        session.get(Article, waiting).story_id = story.id
+        assign_article(waiting, story.id, session=session)
         story_id = story.id
     created = svc.follow_matching_topics(engine, [], now=T0)
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, story_id)]
