@@ -18,6 +18,7 @@ from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from bot.digests.queue import MAX_ARTICLES_PER_DIGEST
 from bot.digests.schedule import (
     digest_day,
     next_digest_at,
@@ -25,7 +26,7 @@ from bot.digests.schedule import (
     parse_timezone,
     stored_timezone,
 )
-from store.articles import latest_story_articles, stories_matched_after
+from store.articles import latest_story_articles, stories_matched_after, story_news
 from store.chats import lock_chat, set_digest, set_timezone, upsert_chat
 from store.db import session_scope
 from store.follows import (
@@ -39,6 +40,7 @@ from store.follows import (
     get_follow,
     opt_out,
     opted_out_chats,
+    owe_articles,
     remove_topic,
     set_follow_topic,
     topic_story_follows,
@@ -456,10 +458,13 @@ def follow_matching_topics(
     """Follow, for every topic that matches a story matching changed, that story. Returns
     (chat_id, story, topic) for each follow created, so the chat can be told.
 
-    The stories are those of the articles matched since the last run, found from the "topics"
-    watermark that this same transaction moves on: a crash between matching and this step, or
-    matching by `storywire poll --once`, leaves them to the next run, not unchecked. `story_ids`
-    adds stories changed otherwise (a merge's survivor, whose headline may have changed).
+    The stories are those of the articles matched, or moved by a merge (a lone article's second
+    look among them), since the last run: found from the "topics" watermark, over the match
+    numbers that matching stamps on the articles it places, which this same transaction moves
+    on. A crash between matching and this step, or matching by `storywire poll --once`, leaves
+    them to the next run, not unchecked; so does a second writer committing late, as match
+    numbers commit in order whatever the articles' ids. `story_ids` adds stories changed
+    otherwise.
 
     The follow's first digest holds the story's articles matched since the last run, as a follow
     by id holds those after it. A chat that unfollowed the story, or a story merged into it, is
@@ -474,7 +479,7 @@ def follow_matching_topics(
             sorted({*matched, *story_ids}),
             session=session,
             now=now,
-            from_article_id=since,
+            since=since,
             on_follow=on_follow,
         )
         move_watermark(TOPICS, upto, session=session, now=now)
@@ -486,7 +491,7 @@ def _follow_matching(
     *,
     session: Session,
     now: datetime,
-    from_article_id: int,
+    since: int,
     on_follow: TopicFollowed | None,
 ) -> list[tuple[int, StoryCard, str]]:
     if not story_ids:
@@ -519,18 +524,25 @@ def _follow_matching(
             [story.id, *merged_story_ids(story.id, session=session)],  # type: ignore[list-item]
             session=session,
         )
+        news = story_news(
+            story.id,  # type: ignore[arg-type]
+            since,
+            session=session,
+            limit=MAX_ARTICLES_PER_DIGEST,
+        )
         for topic in matching:
             if topic.chat_id in stopped:
                 continue
-            _, new = follow_story(
+            follow, new = follow_story(
                 topic.chat_id,
                 story.id,  # type: ignore[arg-type]
                 session=session,
                 now=now,
                 topic_id=topic.id,
-                from_article_id=from_article_id,
+                from_article_id=news.mark,
             )
             if new:
+                owe_articles(follow.id, news.below, session=session, now=now)  # type: ignore[arg-type]
                 created.append((topic.chat_id, _card(story), topic.query))
                 if on_follow is not None:
                     on_follow(session, topic.chat_id, created[-1][1], topic.query)

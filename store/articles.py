@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from store.models import Article
+from store.watermarks import MATCHING, advance_watermark
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +158,40 @@ def _without_known_feedless(rows: list[dict], *, session: Session) -> list[dict]
     return fresh
 
 
+_MATCH_SEQ = "storywire.match_seq"  # session.info key: (transaction, its match number)
+
+
+def match_seq(*, session: Session) -> int:
+    """The match number of the session's transaction, stamped on every article whose story it
+    sets or changes (`Article.match_seq`): taken from the MATCHING watermark on first use, the
+    same number after.
+
+    Numbers commit in the order they are handed out (see advance_watermark): a step that reads
+    the articles matched after a number it has seen misses none committed late. Taking it locks
+    the counter until the transaction ends, which makes two instances matching at once take
+    turns; one number per transaction, not per article, costs one round trip per batch."""
+    held = session.info.get(_MATCH_SEQ)
+    if held is not None and held[0] is session.get_transaction():
+        return int(held[1])
+    if session.in_nested_transaction():
+        # a savepoint rolled back would hand the same number out again, to a later commit
+        raise RuntimeError("a match number is taken outside savepoints")
+    seq = advance_watermark(MATCHING, session=session)
+    session.info[_MATCH_SEQ] = (session.get_transaction(), seq)
+    return seq
+
+
 def assign_article(article_id: int, story_id: int, *, session: Session) -> bool:
     """Put a story-less article in a story; False if it has one already (another instance
     matched it first: the caller's matcher memory is out of date)."""
     table = Article.__table__
+    seq = match_seq(session=session)
     # the table, not the ORM entity: a plain UPDATE, without the ORM's per-call bookkeeping
     result = session.connection().execute(
         sa.update(table)
         .where(table.c.id == article_id)
         .where(table.c.story_id.is_(None))
-        .values(story_id=story_id)
+        .values(story_id=story_id, match_seq=seq)
     )
     return result.rowcount == 1
 
@@ -181,28 +206,48 @@ def unassigned_articles(*, session: Session, limit: int = 500) -> Sequence[Artic
     ).all()
 
 
-def stories_matched_after(after_id: int, *, session: Session) -> tuple[list[int], int]:
-    """The stories of the articles matched since article `after_id`, and the id up to which
-    those articles run: the last before the first one not matched yet, so that one (matched in
-    a later pass) is still ahead of a watermark moved there."""
+def stories_matched_after(seq: int, *, session: Session) -> tuple[list[int], int]:
+    """The stories of the articles matched (or moved by a merge) after match number `seq`, and
+    the number up to which those run: the highest among them, `seq` if there are none.
+
+    One read, so the stories and the number agree; numbers commit in order (see match_seq), so
+    none up to that one is still to come."""
     table = Article.__table__
-    later = table.c.id > after_id
-    waiting = session.execute(
-        sa.select(sa.func.min(table.c.id)).where(later, table.c.story_id.is_(None))
+    rows = session.execute(
+        sa.select(table.c.story_id, sa.func.max(table.c.match_seq))
+        .where(table.c.match_seq > seq)
+        .group_by(table.c.story_id)
+    ).all()
+    upto = max((int(last) for _, last in rows), default=seq)
+    return sorted(story for story, _ in rows if story is not None), upto
+
+
+@dataclass(frozen=True, slots=True)
+class StoryNews:
+    """A story's articles matched after a match number, as a follow starting there is owed them:
+    those above `mark`, and `below` (brought in by a merge under articles already there)."""
+
+    mark: int  # the newest of the story's articles matched up to the number; 0 if none
+    below: tuple[int, ...]  # article ids, ascending
+
+
+def story_news(story_id: int, seq: int, *, session: Session, limit: int) -> StoryNews:
+    """The story's articles matched after match number `seq`; of those below the mark, the
+    newest `limit`."""
+    table = Article.__table__
+    in_story = table.c.story_id == story_id
+    mark = session.execute(
+        sa.select(sa.func.max(table.c.id)).where(in_story, table.c.match_seq <= seq)
     ).scalar()
-    last = (
-        waiting - 1
-        if waiting is not None
-        else session.execute(sa.select(sa.func.max(table.c.id)).where(later)).scalar()
-    )
-    if last is None or last <= after_id:
-        return [], after_id
-    stories = session.execute(
-        sa.select(table.c.story_id)
-        .where(later, table.c.id <= last, table.c.story_id.is_not(None))
-        .distinct()
+    if mark is None:
+        return StoryNews(0, ())
+    below = session.execute(
+        sa.select(table.c.id)
+        .where(in_story, table.c.match_seq > seq, table.c.id < mark)
+        .order_by(table.c.id.desc())
+        .limit(limit)
     ).scalars()
-    return sorted(stories), int(last)
+    return StoryNews(int(mark), tuple(sorted(below)))
 
 
 def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:

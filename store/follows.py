@@ -57,6 +57,17 @@ def follow_story(
     return follow, True
 
 
+def owe_articles(
+    follow_id: int, article_ids: Sequence[int], *, session: Session, now: datetime
+) -> None:
+    """Put articles below the follow's watermark on its backlog (see FollowBacklog)."""
+    if article_ids:
+        session.execute(
+            sa.insert(FollowBacklog),
+            [{"follow_id": follow_id, "article_id": a, "created_at": now} for a in article_ids],
+        )
+
+
 def opt_out(chat_id: int, story_id: int, *, session: Session, now: datetime) -> None:
     """Record that the chat stopped following the story (kept once)."""
     known = session.exec(

@@ -138,6 +138,14 @@ class Article(SQLModel, table=True):
             sa.ForeignKey("story.id", ondelete="SET NULL"), nullable=True, index=True
         ),
     )
+    # The match number (store.articles.match_seq) of the transaction that last set story_id: a
+    # step that follows the matches (the keyword step) reads the articles above its watermark,
+    # and finds an article matched late, or moved by a merge, whatever its id. 0: never matched,
+    # or matched before the keyword step had a watermark of these.
+    match_seq: int = Field(
+        default=0,
+        sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=sa.text("0"), index=True),
+    )
 
 
 class ChatStatus:
@@ -305,8 +313,10 @@ class Lease(SQLModel, table=True):
 
 
 class Watermark(SQLModel, table=True):
-    """How far a step that follows the articles' ids has got, so it resumes there after a crash:
-    the keyword step ("topics") checks the stories of articles up to `position` for topics."""
+    """A position in the stream of matches (see store.watermarks): the last match number handed
+    out ("matching"), and how far a step that follows the matches has got, so it resumes there
+    after a crash (the keyword step, "topics": the stories of articles matched up to `position`
+    were checked for topics)."""
 
     __tablename__ = "watermark"
 

@@ -10,6 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from store.articles import match_seq
 from store.db import lock_rows
 from store.follows import opted_out_chats
 from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story
@@ -113,8 +114,12 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     - A chat that followed only the absorbed story now follows the survivor from its own
       watermark: the survivor's news from there on, not its history.
     The absorbed row stays, pointing at the survivor, so old buttons and `/story` ids keep working.
+    The moved articles take the transaction's match number (store.articles.match_seq), so the
+    steps that follow the matches (the keyword step) see the survivor changed.
     """
     session.flush()
+    # taken before the stories' locks, as matching takes it before its writes: one order
+    seq = match_seq(session=session)
     # see lock_story
     lock_rows(session, Story.__table__, [absorbed_id, survivor_id])  # type: ignore[arg-type]
     # Lock the follows of both stories (PostgreSQL; SQLite has one writer at a time): a digest
@@ -136,7 +141,9 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
         session, survivor_id, absorbed_id, kept, [f for f in follows if f.story_id == absorbed_id]
     )
     session.execute(
-        sa.update(Article).where(col(Article.story_id) == absorbed_id).values(story_id=survivor_id)
+        sa.update(Article)
+        .where(col(Article.story_id) == absorbed_id)
+        .values(story_id=survivor_id, match_seq=seq)
     )
     for follow in follows:
         if follow.story_id != absorbed_id:

@@ -6,13 +6,16 @@ import functools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import select
+import sqlalchemy as sa
+from sqlmodel import Session, select
 
 from bot import following as svc
 from bot.app import queue_topic_notice
+from bot.stories.service import StoryService
 from store.articles import NewArticle, assign_article, insert_articles
 from store.chats import migrate_chat
 from store.db import session_scope
+from store.follows import pending_follows
 from store.models import Article, Chat, Follow, OutboxMessage, StoryOptOut
 from store.outbox import OutgoingPart, enqueue, park_chat
 from store.stories import create_story, merge_stories
@@ -251,6 +254,140 @@ def test_the_keyword_step_waits_for_an_article_not_matched_yet(engine):
         story_id = story.id
     created = svc.follow_matching_topics(engine, [], now=T0)
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, story_id)]
+
+
+def _matched_under_id(engine, article_id: int, headline: str) -> int:  # type: ignore[no-untyped-def]
+    """A story of one article whose id is `article_id`, matched to it; returns the story's id."""
+    with session_scope(engine) as session:
+        story = create_story(session=session, headline=headline, published_at=T0, now=T0)
+        session.add(
+            Article(
+                id=article_id,
+                entry_key=headline,
+                title=headline,
+                source="Outlet",
+                published_at=T0,
+                fetched_at=T0,
+            )
+        )
+        session.flush()
+        assign_article(article_id, story.id, session=session)
+        return story.id
+
+
+def test_an_article_matched_late_under_a_lower_id_is_still_checked(engine):
+    """The step's watermark was an article id: it took ids to become visible in id order. On
+    PostgreSQL a second writer (a poller whose lease lapsed, `storywire cluster --database` on
+    the live database) can commit a lower id after the step went past a higher one, and that
+    article's story was never checked for topics."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    _matched_under_id(engine, 100, "Apple releases iOS 7.1")
+    assert svc.follow_matching_topics(engine, [], now=T0) == []
+    late = _matched_under_id(engine, 50, "Mt Gox seeks US bankruptcy protection")
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, late)]
+
+
+def test_a_lower_id_committed_after_the_step_passed_a_higher_one_is_still_checked(engine):
+    """The same, with two real writers: the late one's insert took the lower id first."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a later insert waits for the earlier commit")
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    headline = "Mt Gox seeks US bankruptcy protection"
+    with Session(engine) as second_writer:
+        [late_id] = insert_articles(
+            None,
+            [NewArticle(headline, None, None, headline, "", "Outlet", "", T0)],
+            session=second_writer,
+            fetched_at=T0,
+        )
+        other = _story(engine, "Apple releases iOS 7.1")  # a higher id, matched and committed
+        with session_scope(engine) as session:
+            assert session.get(Article, late_id) is None  # not visible yet
+            assert min(a.id for a in session.exec(select(Article))) > late_id
+        assert svc.follow_matching_topics(engine, [other], now=T0) == []
+        late = create_story(session=second_writer, headline=headline, published_at=T0, now=T0)
+        assert assign_article(late_id, late.id, session=second_writer)
+        late_story = late.id
+        second_writer.commit()
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, late_story)]
+
+
+def test_a_second_writer_takes_its_match_number_only_once_the_first_has_committed(engine):
+    """What keeps the step's reads in order: numbers commit in the order they are handed out,
+    so none lower than one the step has seen can still be on its way."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    from store.articles import match_seq
+
+    with Session(engine) as first, Session(engine) as second:
+        taken = match_seq(session=first)
+        assert match_seq(session=first) == taken  # one number for the whole transaction
+        second.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            match_seq(session=second)
+        second.rollback()
+        first.commit()
+        assert match_seq(session=second) == taken + 1
+        second.commit()
+
+
+SBARRO = [
+    "Sbarro files for bankruptcy again",
+    "Pizza chain Sbarro files for Chapter 11 bankruptcy",
+    "Sbarro bankruptcy: pizza chain to close stores",
+    "Sbarro seeks bankruptcy protection for second time",
+]
+
+
+def _arrives(engine, title: str, minutes: int) -> None:  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(minutes=minutes)
+    with session_scope(engine) as session:
+        insert_articles(
+            None,
+            [NewArticle(title, None, None, title, "", "", "", at)],
+            session=session,
+            fetched_at=at,
+        )
+
+
+def test_a_second_look_that_moved_a_lone_article_before_a_crash_is_checked_after_it(engine):
+    """A lone article that joins another story on its second look changed that story, but the
+    step heard of it only from the pass's memory: a crash between matching and the step, and
+    the story was never checked for topics."""
+    service = StoryService.open(engine)
+    _arrives(engine, "Pizza chain seeks protection from creditors again", 0)
+    for minutes, title in enumerate(SBARRO, start=5):
+        _arrives(engine, title, minutes)
+    service.assign_pending()
+    assert svc.follow_matching_topics(engine, [], now=T0) == []  # checked: no one's keywords yet
+    svc.follow_topic(engine, CHAT, "Sbarro", now=T0)
+    _arrives(engine, "Polar vortex returns to the Midwest", 61)
+    [step] = service.assign_pending()
+    [(lone, sbarro)] = step.merges  # the lone article had its second look and joined
+    # the process dies here, before its keyword step; the next run knows of no story of its own
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, sbarro)]
+    assert svc.follow_matching_topics(engine, [], now=T0) == []  # and only once
+
+
+def test_a_merge_before_a_crash_is_checked_after_it_and_the_follow_owes_what_it_brought(engine):
+    """The follow's first digest holds what the merge brought in: the absorbed article, though
+    its id is below the survivor's articles, which were there before."""
+    absorbed = _story(engine, "Bitcoin exchange chief apologises")
+    survivor = _story(engine, "Mt Gox files for bankruptcy", articles=2)
+    assert svc.follow_matching_topics(engine, [], now=T0) == []
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    with session_scope(engine) as session:
+        merge_stories(absorbed, survivor, session=session, now=T0)
+        [brought] = [a.id for a in session.exec(select(Article)) if a.title.startswith("Bitcoin")]
+    # the process dies here, before its keyword step
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, survivor)]
+    with session_scope(engine) as session:
+        [pending] = pending_follows(session=session, now=T0)
+    assert (pending.story_id, pending.unsent, pending.owed) == (survivor, 1, (brought,))
 
 
 def test_top_ranks_by_sources_then_recency(engine):

@@ -11,14 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from store.articles import NewArticle, insert_articles
+from store.articles import NewArticle, assign_article, insert_articles, stories_matched_after
 from store.db import DatabaseClock, session_scope
 from store.feeds import FeedExists, add_feed, due_feeds
 from store.leases import LeaseTake, acquire_lease, lease_holder, release_lease, take_lease
 from store.migrate import alembic_config, current_revision, upgrade
 from store.models import Article, Feed
 from store.stories import create_story
-from store.watermarks import TOPICS, hold_watermark
+from store.watermarks import TOPICS, hold_watermark, move_watermark
 from tests.conftest import T0
 
 
@@ -46,6 +46,12 @@ def test_upgrade_twice_is_a_no_op(db_engine):
     assert current_revision(db_engine) is not None
 
 
+def _match(session, article_id: int, story_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Set an article's story as the matcher of an older revision did (the model is newer)."""
+    table = Article.__table__
+    session.execute(sa.update(table).where(table.c.id == article_id).values(story_id=story_id))
+
+
 def test_the_keyword_watermark_starts_where_matching_is_on_an_existing_database(db_engine):
     """From the first article, the step would follow every old story matching a topic again."""
     command.downgrade(alembic_config(db_engine), "0003")
@@ -54,10 +60,60 @@ def test_the_keyword_watermark_starts_where_matching_is_on_an_existing_database(
         ids = insert_articles(
             None, [_article("a", None), _article("b", None)], session=session, fetched_at=T0
         )
-        session.get(Article, ids[0]).story_id = story.id  # the second is not matched yet
-    upgrade(db_engine)
+        _match(session, ids[0], story.id)  # the second is not matched yet
+    upgrade(db_engine, "0004")
     with session_scope(db_engine) as session:
         assert hold_watermark(TOPICS, session=session) == ids[0]
+
+
+def test_match_numbers_start_an_existing_database_where_its_keyword_step_was(db_engine):
+    """The step's watermark was an article id. Read as a match number it would check nothing
+    again, the stories of articles matched past it (a crash before the step) included; starting
+    from nothing it would follow every old story matching a topic again."""
+    command.downgrade(alembic_config(db_engine), "0005")
+    with session_scope(db_engine) as session:
+        checked, unchecked = (
+            create_story(session=session, headline=h, published_at=T0, now=T0).id
+            for h in ("Storm", "Flood")
+        )
+        ids = insert_articles(
+            None,
+            [_article("a", None), _article("b", None), _article("c", None)],
+            session=session,
+            fetched_at=T0,
+        )
+        _match(session, ids[0], checked)
+        _match(session, ids[1], unchecked)  # matched, and the process died before the step
+        hold_watermark(TOPICS, session=session)
+        move_watermark(TOPICS, ids[0], session=session, now=T0)
+    upgrade(db_engine)
+    with session_scope(db_engine) as session:
+        since = hold_watermark(TOPICS, session=session)
+        assert stories_matched_after(since, session=session)[0] == [unchecked]
+        assign_article(ids[2], checked, session=session)  # the one not matched yet, matched now
+    with session_scope(db_engine) as session:
+        assert stories_matched_after(since, session=session)[0] == [checked, unchecked]
+
+
+def test_going_back_to_article_ids_leaves_no_article_unchecked(db_engine):
+    with session_scope(db_engine) as session:
+        stories = [
+            create_story(session=session, headline=h, published_at=T0, now=T0).id
+            for h in ("Storm", "Flood")
+        ]
+        ids = insert_articles(
+            None, [_article("a", None), _article("b", None)], session=session, fetched_at=T0
+        )
+    with session_scope(db_engine) as session:
+        assign_article(ids[1], stories[1], session=session)
+    with session_scope(db_engine) as session:
+        _, upto = stories_matched_after(hold_watermark(TOPICS, session=session), session=session)
+        move_watermark(TOPICS, upto, session=session, now=T0)
+    with session_scope(db_engine) as session:
+        assign_article(ids[0], stories[0], session=session)  # the lower id, matched later
+    command.downgrade(alembic_config(db_engine), "0005")
+    with session_scope(db_engine) as session:
+        assert hold_watermark(TOPICS, session=session) == ids[0] - 1
 
 
 def test_datetimes_round_trip_as_aware_utc(db_engine):
