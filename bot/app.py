@@ -312,11 +312,11 @@ async def assign_and_notify(services: Services) -> int:
         assignments = await asyncio.to_thread(services.stories.assign_pending)
     if kept.lost or kept.lapsed:
         services.matcher_lease_held = False
-    story_ids = sorted({s for a in assignments for s in a.touched})
+    # the stories matched or merged are found from the database, not from `assignments`: what
+    # a crash before this step, or another writer, left behind is checked too
     await asyncio.to_thread(
         follow_matching_topics,
         services.engine,
-        story_ids,
         now=services.now(),
         on_follow=functools.partial(queue_topic_notice, now=services.now()),
     )

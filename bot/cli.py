@@ -286,7 +286,6 @@ async def assign_pending_stories(
             await asyncio.to_thread(
                 follow_matching_topics,
                 engine,
-                sorted({s for a in assignments for s in a.touched}),
                 now=clock(),
                 on_follow=functools.partial(queue_topic_notice, now=clock()),
             )

@@ -205,7 +205,6 @@ async def run_demo(settings: Settings, *, out: Callable[[str], None] = print) ->
                 await asyncio.to_thread(
                     following.follow_matching_topics,
                     engine,
-                    sorted({s for m in matched for s in m.touched}),
                     now=clock.now,
                 )
                 out(

@@ -464,7 +464,7 @@ def follow_matching_topics(
     on. A crash between matching and this step, or matching by `storywire poll --once`, leaves
     them to the next run, not unchecked; so does a second writer committing late, as match
     numbers commit in order whatever the articles' ids. `story_ids` adds stories changed
-    otherwise.
+    otherwise (without an article placed or moved).
 
     The follow's first digest holds the story's articles matched since the last run, as a follow
     by id holds those after it. A chat that unfollowed the story, or a story merged into it, is

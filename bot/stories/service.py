@@ -50,11 +50,6 @@ class StoryAssignment:
     # steps that joined another story on their second look (StoryMatcher.revisit)
     merges: tuple[tuple[int, int], ...] = ()
 
-    @property
-    def touched(self) -> tuple[int, ...]:
-        """The stories that gained articles in this step."""
-        return (self.story_id, *(survivor for _, survivor in self.merges))
-
 
 def article_text(article: Article) -> ArticleText:
     return ArticleText(
