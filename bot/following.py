@@ -49,7 +49,7 @@ from store.follows import (
 from store.models import MAX_ROW_ID, Article, Chat, Story, TopicFollow
 from store.outbox import cancel_story_digests, unpark_chat
 from store.stories import lock_story, merged_story_ids, resolve_story, top_story_coverage
-from store.watermarks import TOPICS, hold_watermark, move_watermark
+from store.watermarks import MATCHING, TOPICS, hold_watermark, move_watermark
 
 TOPIC_MATCH = 90  # token_set_ratio of topic words against a headline: all words, minor spelling
 MAX_QUERY = 200
@@ -466,14 +466,18 @@ def follow_matching_topics(
     numbers commit in order whatever the articles' ids. `story_ids` adds stories changed
     otherwise (without an article placed or moved).
 
-    The follow's first digest holds the story's articles matched since the last run, as a follow
-    by id holds those after it. A chat that unfollowed the story, or a story merged into it, is
+    The follow's first digest holds the story's articles first matched since the last run, as a
+    follow by id holds those after it: not the older articles a merge moved into the story. A chat that unfollowed the story, or a story merged into it, is
     not made to follow it again. Two processes running this at once take turns on the watermark.
 
     `on_follow(session, chat_id, story, topic)` runs for each follow created, in the same
     transaction: a notice queued there lands with its follow or not at all."""
     with session_scope(engine) as session:
         since = hold_watermark(TOPICS, session=session)
+        # Then the match counter, before any story: matching takes it before its stories too,
+        # so a second writer matching meanwhile (a lapsed lease, `cluster --database`) waits
+        # here instead of locking stories in another order (a deadlock).
+        hold_watermark(MATCHING, session=session)
         matched, upto = stories_matched_after(since, session=session)
         created = _follow_matching(
             sorted({*matched, *story_ids}),

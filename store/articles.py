@@ -191,7 +191,7 @@ def assign_article(article_id: int, story_id: int, *, session: Session) -> bool:
         sa.update(table)
         .where(table.c.id == article_id)
         .where(table.c.story_id.is_(None))
-        .values(story_id=story_id, match_seq=seq)
+        .values(story_id=story_id, match_seq=seq, first_match_seq=seq)
     )
     return result.rowcount == 1
 
@@ -211,39 +211,40 @@ def stories_matched_after(seq: int, *, session: Session) -> tuple[list[int], int
     the number up to which those run: the highest among them, `seq` if there are none.
 
     One read, so the stories and the number agree; numbers commit in order (see match_seq), so
-    none up to that one is still to come."""
+    none up to that one is still to come. Grouped here, not by the database: SQLite would answer
+    a GROUP BY story_id by scanning the story_id index, the whole table, under the write lock
+    the step holds, rather than the match_seq index to the few rows above `seq`."""
     table = Article.__table__
     rows = session.execute(
-        sa.select(table.c.story_id, sa.func.max(table.c.match_seq))
-        .where(table.c.match_seq > seq)
-        .group_by(table.c.story_id)
+        sa.select(table.c.story_id, table.c.match_seq).where(table.c.match_seq > seq)
     ).all()
-    upto = max((int(last) for _, last in rows), default=seq)
-    return sorted(story for story, _ in rows if story is not None), upto
+    upto = max((int(number) for _, number in rows), default=seq)
+    return sorted({story for story, _ in rows if story is not None}), upto
 
 
 @dataclass(frozen=True, slots=True)
 class StoryNews:
-    """A story's articles matched after a match number, as a follow starting there is owed them:
-    those above `mark`, and `below` (brought in by a merge under articles already there)."""
+    """A story's articles first matched after a match number, as a follow starting there is owed
+    them: those above `mark`, and `below` (matched late under a lower id, by a second writer)."""
 
-    mark: int  # the newest of the story's articles matched up to the number; 0 if none
+    mark: int  # the newest of the story's articles first matched up to the number; 0 if none
     below: tuple[int, ...]  # article ids, ascending
 
 
 def story_news(story_id: int, seq: int, *, session: Session, limit: int) -> StoryNews:
-    """The story's articles matched after match number `seq`; of those below the mark, the
-    newest `limit`."""
+    """The story's articles first matched after match number `seq`; of those below the mark,
+    the newest `limit`. Articles a merge moved in keep their first number: the history of the
+    absorbed story is not news to a follow made now, as it is not to one made by id."""
     table = Article.__table__
     in_story = table.c.story_id == story_id
     mark = session.execute(
-        sa.select(sa.func.max(table.c.id)).where(in_story, table.c.match_seq <= seq)
+        sa.select(sa.func.max(table.c.id)).where(in_story, table.c.first_match_seq <= seq)
     ).scalar()
     if mark is None:
         return StoryNews(0, ())
     below = session.execute(
         sa.select(table.c.id)
-        .where(in_story, table.c.match_seq > seq, table.c.id < mark)
+        .where(in_story, table.c.first_match_seq > seq, table.c.id < mark)
         .order_by(table.c.id.desc())
         .limit(limit)
     ).scalars()

@@ -146,6 +146,13 @@ class Article(SQLModel, table=True):
         default=0,
         sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=sa.text("0"), index=True),
     )
+    # The match number of the transaction that first put the article in a story: when matching
+    # met it, which a merge moving it later does not change. A keyword follow's first digest holds
+    # the articles that arrived since the step's last run by this, not the history a merge moved.
+    first_match_seq: int = Field(
+        default=0,
+        sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    )
 
 
 class ChatStatus:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import following as svc
 from bot.app import queue_topic_notice
@@ -16,7 +18,7 @@ from store.articles import NewArticle, assign_article, insert_articles
 from store.chats import migrate_chat
 from store.db import session_scope
 from store.follows import pending_follows
-from store.models import Article, Chat, Follow, OutboxMessage, StoryOptOut
+from store.models import Article, Chat, Follow, OutboxMessage, Story, StoryOptOut
 from store.outbox import OutgoingPart, enqueue, park_chat
 from store.stories import create_story, merge_stories
 from tests.conftest import T0
@@ -372,22 +374,126 @@ def test_a_second_look_that_moved_a_lone_article_before_a_crash_is_checked_after
     assert svc.follow_matching_topics(engine, [], now=T0) == []  # and only once
 
 
-def test_a_merge_before_a_crash_is_checked_after_it_and_the_follow_owes_what_it_brought(engine):
-    """The follow's first digest holds what the merge brought in: the absorbed article, though
-    its id is below the survivor's articles, which were there before."""
+def test_a_merge_before_a_crash_is_checked_after_it(engine):
+    """A merge changed the survivor, but the step heard of it only from the pass's memory. The
+    follow it makes then starts with what arrived since the last run: the article that came into
+    the absorbed story, not the survivor's older ones."""
     absorbed = _story(engine, "Bitcoin exchange chief apologises")
     survivor = _story(engine, "Mt Gox files for bankruptcy", articles=2)
     assert svc.follow_matching_topics(engine, [], now=T0) == []
     svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    arrived = _add_article(engine, absorbed, "Bitcoin exchange chief says sorry again")
     with session_scope(engine) as session:
         merge_stories(absorbed, survivor, session=session, now=T0)
-        [brought] = [a.id for a in session.exec(select(Article)) if a.title.startswith("Bitcoin")]
     # the process dies here, before its keyword step
     created = svc.follow_matching_topics(engine, [], now=T0)
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, survivor)]
     with session_scope(engine) as session:
         [pending] = pending_follows(session=session, now=T0)
-    assert (pending.story_id, pending.unsent, pending.owed) == (survivor, 1, (brought,))
+        follow = session.get(Follow, pending.follow_id)
+        assert follow is not None and follow.last_digested_article_id == arrived - 1
+    assert (pending.story_id, pending.unsent, pending.owed) == (survivor, 1, ())
+
+
+@pytest.mark.parametrize("absorbed_first", [True, False], ids=["lower-ids", "higher-ids"])
+def test_a_keyword_follow_made_after_a_merge_is_not_sent_the_absorbed_storys_history(
+    engine, absorbed_first
+):
+    """Merges stamp the articles they move so the step sees the survivor changed; the first
+    digest took those stamps for news and sent a keyword follow made today the absorbed story's
+    day-old articles (up to 50 below the survivor's, all of them above), where a follow by id
+    made at the same time was sent none of those below."""
+    day_before = T0 - timedelta(days=1)
+    stories = {}
+    for name, headline, articles in (
+        ("absorbed", "Bitcoin exchange chief apologises", 60),
+        ("survivor", "Mt Gox files for bankruptcy", 5),
+    )[:: 1 if absorbed_first else -1]:
+        stories[name] = _story(engine, headline, articles=articles, at=day_before)
+    assert svc.follow_matching_topics(engine, [], now=day_before) == []
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    with session_scope(engine) as session:
+        merge_stories(stories["absorbed"], stories["survivor"], session=session, now=T0)
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, stories["survivor"])]
+    with session_scope(engine) as session:
+        assert pending_follows(session=session, now=T0 + timedelta(hours=1)) == []
+
+
+def test_an_article_matched_late_under_a_lower_id_is_owed_to_the_follow_it_makes(engine):
+    """A second writer committed an article late under a lower id, into a story whose higher
+    ids the step had seen: the follow starts after those, and owes the late one."""
+    svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
+    seen = _matched_under_id(engine, 100, "Bitcoin exchange goes dark")  # no topic matches
+    assert svc.follow_matching_topics(engine, [], now=T0) == []
+    with session_scope(engine) as session:
+        session.add(
+            Article(
+                id=50, entry_key="late", title="Mt Gox", source="O", published_at=T0, fetched_at=T0
+            )
+        )
+        session.flush()
+        assert assign_article(50, seen, session=session)
+        session.get(Story, seen).headline = "Mt Gox goes dark"  # type: ignore[union-attr]
+    created = svc.follow_matching_topics(engine, [], now=T0)
+    assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, seen)]
+    with session_scope(engine) as session:
+        [pending] = pending_follows(session=session, now=T0)
+    assert (pending.unsent, pending.owed, pending.last_digested_article_id) == (1, (50,), 100)
+
+
+def test_the_keyword_step_and_a_second_matcher_take_their_locks_in_one_order(engine):
+    """The step locked the stories it follows in id order while a second matcher (a lapsed
+    lease, `storywire cluster --database` on the live database) updated stories in article order
+    and then locked more in a merge: each waited for the other, and PostgreSQL killed one."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    svc.follow_topic(engine, CHAT, "storm", now=T0)
+    first, second, third = (
+        _story(engine, headline)
+        for headline in ("Storm hits coast", "Storm closes schools", "Storm cuts power")
+    )
+    late = _add_article(engine, None, "Storm moves inland")
+    errors: list[BaseException] = []
+    with Session(engine) as matcher:  # its batch: an article into the second story ...
+        assign_article(late, second, session=matcher)
+        matcher.execute(sa.update(Story).where(col(Story.id) == second).values(article_count=2))
+
+        def step() -> None:
+            try:
+                svc.follow_matching_topics(engine, [], now=T0)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        thread = threading.Thread(target=step)
+        thread.start()
+        _wait_for_a_lock_wait(engine)
+        try:  # ... then, later in the same batch, a merge into the first story
+            merge_stories(third, first, session=matcher, now=T0)
+            matcher.commit()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        thread.join(30)
+    assert not errors, errors
+    assert _followed(engine) == [first, second]
+
+
+def _wait_for_a_lock_wait(engine) -> None:  # type: ignore[no-untyped-def]
+    """Until another session of this database waits for a lock (PostgreSQL)."""
+    deadline = time.monotonic() + 10
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar()
+            connection.rollback()
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the keyword step never waited for the matcher")
 
 
 def test_top_ranks_by_sources_then_recency(engine):

@@ -11,7 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from store.articles import NewArticle, assign_article, insert_articles, stories_matched_after
+from store.articles import (
+    NewArticle,
+    StoryNews,
+    assign_article,
+    insert_articles,
+    stories_matched_after,
+    story_news,
+)
 from store.db import DatabaseClock, session_scope
 from store.feeds import FeedExists, add_feed, due_feeds
 from store.leases import LeaseTake, acquire_lease, lease_holder, release_lease, take_lease
@@ -90,6 +97,9 @@ def test_match_numbers_start_an_existing_database_where_its_keyword_step_was(db_
     with session_scope(db_engine) as session:
         since = hold_watermark(TOPICS, session=session)
         assert stories_matched_after(since, session=session)[0] == [unchecked]
+        # and a keyword follow made of it starts with that article, as news
+        assert story_news(unchecked, since, session=session, limit=50) == StoryNews(0, ())
+        assert story_news(checked, since, session=session, limit=50) == StoryNews(ids[0], ())
         assign_article(ids[2], checked, session=session)  # the one not matched yet, matched now
     with session_scope(db_engine) as session:
         assert stories_matched_after(since, session=session)[0] == [checked, unchecked]

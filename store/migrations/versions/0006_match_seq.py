@@ -17,7 +17,13 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-_article = sa.table("article", sa.column("id"), sa.column("story_id"), sa.column("match_seq"))
+_article = sa.table(
+    "article",
+    sa.column("id"),
+    sa.column("story_id"),
+    sa.column("match_seq"),
+    sa.column("first_match_seq"),
+)
 _watermark = sa.table(
     "watermark",
     sa.column("name"),
@@ -44,6 +50,10 @@ def upgrade() -> None:
         "article",
         sa.Column("match_seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
     )
+    op.add_column(
+        "article",
+        sa.Column("first_match_seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+    )
     op.create_index("ix_article_match_seq", "article", ["match_seq"], unique=False)
     # The keyword step had checked the stories of the articles up to its watermark, an article
     # id: those keep number 0, so no old story is followed again. The articles matched above it
@@ -53,7 +63,7 @@ def upgrade() -> None:
         op.execute(
             _article.update()
             .where(_article.c.story_id.is_not(None), _article.c.id > checked)
-            .values(match_seq=1)
+            .values(match_seq=1, first_match_seq=1)
         )
         _set_position("topics", 0)
     op.bulk_insert(
@@ -78,3 +88,4 @@ def downgrade() -> None:
     with op.batch_alter_table("article", schema=None) as batch_op:
         batch_op.drop_index("ix_article_match_seq")
         batch_op.drop_column("match_seq")
+        batch_op.drop_column("first_match_seq")
