@@ -74,7 +74,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Back to an article id: just below the first article matched after the step's number, or
     # not matched yet, so that none is left unchecked (some checked twice, which follows nothing
-    # twice).
+    # twice). Upgrading again counts every matched article above that id as news to a follow the
+    # step then makes, older ones a merge moved among them too: article ids cannot tell them
+    # apart.
     checked = _position("topics") or 0
     bind = op.get_bind()
     ahead = sa.select(sa.func.min(_article.c.id)).where(
