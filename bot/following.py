@@ -467,8 +467,9 @@ def follow_matching_topics(
     otherwise (without an article placed or moved).
 
     The follow's first digest holds the story's articles first matched since the last run, as a
-    follow by id holds those after it: not the older articles a merge moved into the story. A chat that unfollowed the story, or a story merged into it, is
-    not made to follow it again. Two processes running this at once take turns on the watermark.
+    follow by id holds those after it: not the older articles a merge moved into the story. A
+    chat that unfollowed the story, or a story merged into it, is not made to follow it again.
+    Two processes running this at once take turns on the watermark.
 
     `on_follow(session, chat_id, story, topic)` runs for each follow created, in the same
     transaction: a notice queued there lands with its follow or not at all."""
@@ -546,7 +547,11 @@ def _follow_matching(
                 from_article_id=news.mark,
             )
             if new:
-                owe_articles(follow.id, news.below, session=session, now=now)  # type: ignore[arg-type]
+                owe_articles(
+                    [(follow.id, article) for article in news.below],  # type: ignore[misc]
+                    session=session,
+                    now=now,
+                )
                 created.append((topic.chat_id, _card(story), topic.query))
                 if on_follow is not None:
                     on_follow(session, topic.chat_id, created[-1][1], topic.query)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,15 +57,12 @@ def follow_story(
     return follow, True
 
 
-def owe_articles(
-    follow_id: int, article_ids: Sequence[int], *, session: Session, now: datetime
-) -> None:
-    """Put articles below the follow's watermark on its backlog (see FollowBacklog)."""
-    if article_ids:
-        session.execute(
-            sa.insert(FollowBacklog),
-            [{"follow_id": follow_id, "article_id": a, "created_at": now} for a in article_ids],
-        )
+def owe_articles(owed: Iterable[tuple[int, int]], *, session: Session, now: datetime) -> None:
+    """Put (follow id, article id) pairs, articles below their follow's watermark, on the
+    follows' backlogs (see FollowBacklog), in one statement."""
+    rows = [{"follow_id": f, "article_id": a, "created_at": now} for f, a in owed]
+    if rows:
+        session.execute(sa.insert(FollowBacklog), rows)
 
 
 def opt_out(chat_id: int, story_id: int, *, session: Session, now: datetime) -> None:

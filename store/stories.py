@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from store.articles import match_seq
 from store.db import lock_rows
-from store.follows import opted_out_chats
+from store.follows import opted_out_chats, owe_articles
 from store.models import MAX_ROW_ID, Article, Follow, FollowBacklog, Story
 
 MAX_MERGE_HOPS = 32
@@ -165,11 +165,7 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
             .values(follow_id=survivor_follow.id)
         )
         session.delete(follow)
-    if owed:
-        session.execute(
-            sa.insert(FollowBacklog),
-            [{"follow_id": f, "article_id": a, "created_at": now} for f, a in sorted(owed)],
-        )
+    owe_articles(sorted(owed), session=session, now=now)
     session.execute(
         sa.update(Story)
         .where(col(Story.merged_into_id) == absorbed_id)
