@@ -258,10 +258,14 @@ def test_the_keyword_step_waits_for_an_article_not_matched_yet(engine):
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, story_id)]
 
 
-def _matched_under_id(engine, article_id: int, headline: str) -> int:  # type: ignore[no-untyped-def]
-    """A story of one article whose id is `article_id`, matched to it; returns the story's id."""
+def _matched_under_id(  # type: ignore[no-untyped-def]
+    engine, article_id: int, headline: str, *, story_id: int | None = None
+) -> int:
+    """An article whose id is `article_id`, matched to `story_id` or else to a new story of it;
+    returns the story's id."""
     with session_scope(engine) as session:
-        story = create_story(session=session, headline=headline, published_at=T0, now=T0)
+        if story_id is None:
+            story_id = create_story(session=session, headline=headline, published_at=T0, now=T0).id
         session.add(
             Article(
                 id=article_id,
@@ -273,8 +277,8 @@ def _matched_under_id(engine, article_id: int, headline: str) -> int:  # type: i
             )
         )
         session.flush()
-        assign_article(article_id, story.id, session=session)
-        return story.id
+        assert assign_article(article_id, story_id, session=session)  # type: ignore[arg-type]
+        return story_id  # type: ignore[return-value]
 
 
 def test_an_article_matched_late_under_a_lower_id_is_still_checked(engine):
@@ -426,14 +430,8 @@ def test_an_article_matched_late_under_a_lower_id_is_owed_to_the_follow_it_makes
     svc.follow_topic(engine, CHAT, "Mt. Gox", now=T0)
     seen = _matched_under_id(engine, 100, "Bitcoin exchange goes dark")  # no topic matches
     assert svc.follow_matching_topics(engine, [], now=T0) == []
+    _matched_under_id(engine, 50, "Mt Gox", story_id=seen)  # late, under a lower id
     with session_scope(engine) as session:
-        session.add(
-            Article(
-                id=50, entry_key="late", title="Mt Gox", source="O", published_at=T0, fetched_at=T0
-            )
-        )
-        session.flush()
-        assert assign_article(50, seen, session=session)
         session.get(Story, seen).headline = "Mt Gox goes dark"  # type: ignore[union-attr]
     created = svc.follow_matching_topics(engine, [], now=T0)
     assert [(chat, card.id) for chat, card, _ in created] == [(CHAT, seen)]
