@@ -15,6 +15,8 @@ the number of active stories:
 
    The words are the title's, then the summary's and the link slug's at `summary_weight`; a pair
    of title words that is already known as one word ("Mt. Gox" / "MtGox") also counts as it.
+   What feeds repeat in every summary ("Continue reading", "The post ... appeared first on")
+   is left out (see _Boilerplate): it would tie together unrelated stories of one outlet.
 2. `profile` = collected weight / the article's total idf weight: how much of what the article
    says is typical of the story.
 3. For the best few candidates: `nearest`, the idf cosine with the story's most similar recent
@@ -49,6 +51,7 @@ dataclasses; the caller persists stories (see bot.stories.service).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import math
@@ -56,6 +59,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from rapidfuzz import fuzz
 
@@ -160,11 +164,105 @@ class _Story:
     central: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
+class _Boilerplate:
+    """What feeds repeat in their summaries whatever the story ("The post ... appeared first on
+    Example.", "Continue reading", "Get the latest Example headlines delivered daily.").
+
+    Such words are in every article of an outlet, or of every outlet on one publishing platform,
+    and rare in the headlines, so as evidence they would pull unrelated stories together. Two
+    kinds are cut from a summary before it is weighed:
+    - The outlet's own: a run of `MIN_RUN` or more words that opens or closes this summary and one
+      of the outlet's last `MEMORY`, and the words of the outlet's name.
+    - Anyone's: a word in at least `SHARE` of the last `WINDOW` summaries (and `MIN_COUNT` of
+      them) but in no more than a `TITLE_RATIO` of their headlines. A word of a big story is in
+      its headlines as well as its summaries, so it stays.
+    Cutting a few words by mistake costs little, since summary words weigh summary_weight.
+    Bounded: the outlets seen least recently are forgotten past `MAX_OUTLETS`."""
+
+    MEMORY = 4
+    MIN_RUN = 2
+    MAX_OUTLETS = 4096
+    WINDOW = 1000
+    SHARE = 0.02
+    MIN_COUNT = 3
+    TITLE_RATIO = 0.25
+
+    def __init__(self) -> None:
+        self._recent: dict[str, list[tuple[str, ...]]] = {}
+        self._window: collections.deque[tuple[frozenset[str], frozenset[str]]] = collections.deque()
+        self._in_summaries: collections.Counter[str] = collections.Counter()
+        self._in_titles: collections.Counter[str] = collections.Counter()
+
+    @staticmethod
+    def outlet(article: ArticleText) -> str:
+        source = article.source.casefold().strip()
+        if source or not article.url:
+            return source
+        try:  # no outlet named: the link's host stands for it
+            return urlsplit(article.url[:500]).netloc.casefold()
+        except ValueError:
+            return ""
+
+    def strip(self, outlet: str, words: list[str], source: str) -> list[str]:
+        """The summary's words without boilerplate; reads, does not remember."""
+        head = tail = 0
+        for earlier in self._recent.get(outlet, ()):
+            n = min(len(words), len(earlier))
+            run = 0
+            while run < n and words[run] == earlier[run]:
+                run += 1
+            if run >= self.MIN_RUN:
+                head = max(head, run)
+            run = 0
+            while run < n and words[-1 - run] == earlier[-1 - run]:
+                run += 1
+            if run >= self.MIN_RUN:
+                tail = max(tail, run)
+        body = words[head : max(head, len(words) - tail)]
+        name = set(text_tokens(source)) if source else set()
+        common = max(self.MIN_COUNT, self.SHARE * len(self._window))
+        in_summaries, in_titles = self._in_summaries, self._in_titles
+        return [
+            w
+            for w in body
+            if w not in name
+            and (in_summaries[w] < common or in_titles[w] > self.TITLE_RATIO * in_summaries[w])
+        ]
+
+    def remember(self, outlet: str, words: list[str], title: tuple[str, ...]) -> None:
+        if not words:
+            return
+        self._window.append((frozenset(words), frozenset(title)))
+        self._in_summaries.update(self._window[-1][0])
+        self._in_titles.update(self._window[-1][1])
+        if len(self._window) > self.WINDOW:
+            for counts, gone in zip(
+                (self._in_summaries, self._in_titles), self._window.popleft(), strict=True
+            ):
+                for word in gone:  # not Counter.subtract, which keeps words at 0: no growth
+                    if counts[word] == 1:
+                        del counts[word]
+                    else:
+                        counts[word] -= 1
+        if not outlet:
+            return
+        recent = self._recent.pop(outlet, None)  # re-inserted last: the dict is the LRU order
+        if recent is None:
+            recent = []
+            if len(self._recent) >= self.MAX_OUTLETS:
+                del self._recent[next(iter(self._recent))]
+        recent.append(tuple(words))
+        del recent[: -self.MEMORY]
+        self._recent[outlet] = recent
+
+
 @dataclass(frozen=True, slots=True)
 class _Features:
     weights: dict[str, float]  # word -> 1.0 for title words, summary_weight for summary-only
     norm_title: str
     title: tuple[str, ...]  # the title's words, interned
+    outlet: str = ""
+    summary: list[str] = field(default_factory=list)  # all its words, for _Boilerplate.remember
 
 
 class StoryMatcher:
@@ -186,6 +284,7 @@ class StoryMatcher:
         self.comparisons = 0  # candidate stories scored; lets tests see the index at work
         self._rarity = rarity_lookup() if self.config.word_rarity else ({}, 1.0)
         self._matched: tuple[ArticleText, _Features] | None = None  # match()'s work, for add()
+        self._boilerplate = _Boilerplate()
 
     # --- public API -----------------------------------------------------------------------
 
@@ -234,6 +333,7 @@ class StoryMatcher:
             if count == 0:
                 self._postings.setdefault(token, set()).add(story_id)
             story.tokens[token] = count + 1
+        self._boilerplate.remember(features.outlet, features.summary, features.title)
         story.titles.append((features.norm_title, tuple(features.weights)))
         if len(story.titles) > self.config.recent_titles:
             del story.titles[0]
@@ -480,13 +580,15 @@ class StoryMatcher:
             joined = first + second
             if joined in self._postings and first.isalpha() and second.isalpha():
                 weights.setdefault(sys.intern(joined), 1.0)
+        outlet, summary = "", []
         if article.summary:
-            for token in text_tokens(article.summary[:600]):
+            outlet, summary = _Boilerplate.outlet(article), text_tokens(article.summary[:600])
+            for token in self._boilerplate.strip(outlet, summary, article.source):
                 weights.setdefault(sys.intern(token), self.config.summary_weight)
         if article.url:
             for token in text_tokens(url_words(article.url[:500])):
                 weights.setdefault(sys.intern(token), self.config.summary_weight)
-        return _Features(weights, " ".join(title), tuple(title))
+        return _Features(weights, " ".join(title), tuple(title), outlet, summary)
 
     def _idf(self, token: str) -> float:
         # Rarity across active stories: a word repeated by every article of one story still

@@ -353,3 +353,68 @@ def test_add_reuses_match_work_only_for_the_same_article():
     assert m.snapshot(1).headline == "Polar vortex returns to the Midwest"
     assert m.match(art("Polar vortex returns")) is not None
     assert m.match(art("Sbarro files for bankruptcy again")) is None
+
+
+# Unrelated headlines of one outlet, each a story of its own.
+_UNRELATED = [
+    "Fed holds interest rates steady",
+    "Apple buys Beats headphones",
+    "Volcano erupts near Iceland village",
+    "Chelsea beat Arsenal in derby",
+    "Oscars host announced for next year",
+    "Toyota recalls hybrid cars",
+    "Drought hits Brazil coffee crop",
+    "NASA probe reaches Jupiter orbit",
+]
+
+
+def _stories(m: StoryMatcher, articles: list[ArticleText]) -> int:
+    return len({m.assign(a).story_id for a in articles})
+
+
+def test_an_outlets_summary_template_does_not_pull_its_unrelated_stories_together():
+    # "Get the latest ..." is in every summary of the outlet and in none of its headlines
+    template = "Get the latest Daily Planet headlines delivered daily. Subscribe to newsletters."
+    articles = [art(t, i * 7, "Daily Planet", template) for i, t in enumerate(_UNRELATED)]
+    assert _stories(StoryMatcher(), articles) == len(_UNRELATED)
+
+
+def test_a_platforms_summary_template_does_not_pull_unrelated_outlets_together():
+    # the same line on every site of one publishing service, each with its own name in it; it is
+    # known for one once a few summaries carried it (the first few of a new stream can still join)
+    m = StoryMatcher()
+    for i in range(4):
+        m.assign(art(f"Warm-up headline {i}", i, f"Blog{i}", "Syndicated by Feedsmith newswire."))
+    outlets = [f"Site{chr(ord('A') + i)} Weekly" for i in range(len(_UNRELATED))]
+    articles = [
+        art(t, 10 + i * 7, o, f"Syndicated by Feedsmith newswire for {o} subscribers.")
+        for i, (t, o) in enumerate(zip(_UNRELATED, outlets, strict=True))
+    ]
+    assert _stories(m, articles) == len(_UNRELATED)
+
+
+def test_summary_words_a_story_repeats_in_its_headlines_still_count_after_much_traffic():
+    m = StoryMatcher()
+    for i in range(300):  # other news, whose summaries never say "Crimea" or "referendum"
+        m.assign(art(f"Filler headline number {i} about item{i}", i * 0.1, f"Outlet{i % 7}", "x"))
+    first = m.assign(
+        art("Crimea votes in referendum", 40, "Wire", "Crimea referendum on joining Russia held.")
+    )
+    later = m.assign(
+        art(
+            "Polls close on the peninsula",
+            45,
+            "Other Wire",
+            "Crimea referendum result on joining Russia due tonight.",
+        )
+    )
+    assert later.story_id == first.story_id
+
+
+def test_boilerplate_memory_stays_bounded_over_a_long_stream():
+    m = StoryMatcher()
+    for i in range(3000):  # every summary with words no other has, every article a new outlet
+        m.assign(art(f"Event {i} happens", i * 0.5, f"Outlet {i}", f"w{i}a w{i}b w{i}c"))
+    memory = m._boilerplate  # noqa: SLF001 - what the bound is about
+    assert len(memory._recent) <= memory.MAX_OUTLETS  # noqa: SLF001
+    assert len(memory._in_summaries) <= 3 * memory.WINDOW  # noqa: SLF001
