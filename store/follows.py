@@ -65,6 +65,37 @@ def owe_articles(owed: Iterable[tuple[int, int]], *, session: Session, now: date
         session.execute(sa.insert(FollowBacklog), rows)
 
 
+def owe_late_matches(article_ids: Sequence[int], *, session: Session, now: datetime) -> int:
+    """Owe the follows of their stories the articles just matched (in this transaction) below
+    the follow's watermark; returns how many were owed.
+
+    Articles are matched in id order, so a new match is above every watermark of its story,
+    unless a second writer (a poller whose lease lapsed, `storywire cluster --database` on the
+    live database) committed it late under a lower id after a digest went past a higher one:
+    then the watermark says it was sent, and it never would be. Call after the matches' stories
+    were updated: on PostgreSQL that holds their rows, which a digest takes before it reads
+    (bot.digests.queue), so a digest either ran before and its watermark is read here, or runs
+    after and sends the article itself."""
+    if not article_ids:
+        return 0
+    session.flush()
+    late = session.execute(
+        sa.select(Follow.id, Article.id)
+        .join(Follow, col(Follow.story_id) == col(Article.story_id))
+        .where(col(Article.id).in_(list(article_ids)))
+        .where(col(Article.id) <= col(Follow.last_digested_article_id))
+        .where(
+            ~sa.exists().where(
+                col(FollowBacklog.follow_id) == col(Follow.id),
+                col(FollowBacklog.article_id) == col(Article.id),
+            )
+        )  # a merge in the same batch owed it already
+        .order_by(col(Follow.id), col(Article.id))
+    ).all()
+    owe_articles(((f, a) for f, a in late), session=session, now=now)
+    return len(late)
+
+
 def opt_out(chat_id: int, story_id: int, *, session: Session, now: datetime) -> None:
     """Record that the chat stopped following the story (kept once)."""
     known = session.exec(

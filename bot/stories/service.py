@@ -28,6 +28,7 @@ from bot.stories.matcher import (
 )
 from store.articles import articles_since, assign_article, unassigned_articles
 from store.db import session_scope
+from store.follows import owe_late_matches
 from store.models import Article, Story
 from store.stories import create_story, get_story, merge_stories, update_story
 
@@ -148,7 +149,13 @@ class StoryService:
         try:
             with session_scope(self._engine) as session:
                 articles = unassigned_articles(session=session, limit=batch_size)
-                return [self._assign(article, session=session) for article in articles]
+                done = [self._assign(article, session=session) for article in articles]
+                owed = owe_late_matches(
+                    [a.article_id for a in done], session=session, now=self._clock()
+                )
+                if owed:
+                    log.warning("%d articles matched late under lower ids; owed to followers", owed)
+                return done
         except _Superseded as exc:
             # Another instance matched while this one's lease had run out: its stories are in
             # the database, not in this memory. Drop the batch (rolled back) and catch up.

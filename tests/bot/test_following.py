@@ -691,3 +691,47 @@ def test_a_story_a_topic_stopped_is_followed_again_with_the_topic(engine):
     assert [card.id for _, card, _ in svc.follow_matching_topics(engine, [story], now=T0)] == [
         story
     ]
+
+
+def test_an_article_matched_late_under_a_lower_id_is_owed_to_an_existing_follow(engine):
+    """A follow was sent its story up to article 100; a second writer then committed article 50
+    late, and the matcher put it in that story. The watermark said 50 was sent: it never was."""
+    story = _matched_under_id(engine, 100, "Mt Gox files for bankruptcy protection in Tokyo")
+    assert svc.follow_story_id(engine, CHAT, story, now=T0).created
+    with session_scope(engine) as session:
+        assert session.exec(select(Follow)).one().last_digested_article_id == 100
+        late = Article(
+            id=50,
+            entry_key="late",
+            title="Mt Gox bankruptcy protection filing in Tokyo",
+            source="Other Outlet",
+            published_at=T0,
+            fetched_at=T0,
+        )
+        session.add(late)
+    [assignment] = StoryService.open(engine, clock=lambda: T0).assign_pending()
+    assert (assignment.article_id, assignment.story_id) == (50, story)
+    with session_scope(engine) as session:
+        [pending] = pending_follows(session=session, now=T0)
+    assert (pending.unsent, pending.owed, pending.last_digested_article_id) == (1, (50,), 100)
+
+
+def test_a_match_above_the_watermark_is_not_put_on_the_backlog(engine):
+    story = _matched_under_id(engine, 100, "Mt Gox files for bankruptcy protection in Tokyo")
+    assert svc.follow_story_id(engine, CHAT, story, now=T0).created
+    with session_scope(engine) as session:
+        session.add(
+            Article(
+                id=150,
+                entry_key="next",
+                title="Mt Gox bankruptcy protection filing in Tokyo",
+                source="Other Outlet",
+                published_at=T0,
+                fetched_at=T0,
+            )
+        )
+    [assignment] = StoryService.open(engine, clock=lambda: T0).assign_pending()
+    assert assignment.story_id == story
+    with session_scope(engine) as session:
+        [pending] = pending_follows(session=session, now=T0)
+    assert (pending.unsent, pending.owed, pending.newest_article_id) == (1, (), 150)
