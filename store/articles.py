@@ -266,6 +266,27 @@ def articles_since(*, session: Session, since: datetime) -> Sequence[Article]:
     ).all()
 
 
+def summaries_before(*, session: Session, since: datetime, limit: int) -> Sequence[Article]:
+    """The newest `limit` matched articles with a summary among the stories that
+    articles_since(since) leaves out, in arrival order: what a rebuilt matcher learns feed
+    boilerplate from (see StoryMatcher.learn) before it replays the active stories."""
+    recent = (
+        sa.select(Article.story_id)
+        .where(col(Article.story_id).is_not(None))
+        .where(col(Article.published_at) >= since)
+        .distinct()
+    )
+    newest = session.exec(
+        select(Article)
+        .where(col(Article.story_id).is_not(None))
+        .where(col(Article.story_id).not_in(recent))
+        .where(col(Article.summary) != "")
+        .order_by(col(Article.id).desc())
+        .limit(limit)
+    ).all()
+    return newest[::-1]
+
+
 def owed_articles(story_id: int, ids: Sequence[int], *, session: Session) -> Sequence[Article]:
     """The articles with these ids still in the story, in arrival order."""
     return session.exec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from store.db import lock_rows
 from store.models import (
     Article,
     Chat,
@@ -21,6 +23,8 @@ from store.models import (
     StoryOptOut,
     TopicFollow,
 )
+
+log = logging.getLogger(__name__)
 
 
 def follow_story(
@@ -65,35 +69,42 @@ def owe_articles(owed: Iterable[tuple[int, int]], *, session: Session, now: date
         session.execute(sa.insert(FollowBacklog), rows)
 
 
-def owe_late_matches(article_ids: Sequence[int], *, session: Session, now: datetime) -> int:
-    """Owe the follows of their stories the articles just matched (in this transaction) below
-    the follow's watermark; returns how many were owed.
+def followed_story_ids(*, session: Session) -> set[int]:
+    """The stories someone follows."""
+    return set(session.exec(select(Follow.story_id).distinct()).all())
+
+
+def owe_late_match(article_id: int, story_id: int, *, session: Session, now: datetime) -> int:
+    """Owe the follows of a story the article just put in it (in this transaction, first match)
+    if their watermark is past it; returns how many follows were owed it.
 
     Articles are matched in id order, so a new match is above every watermark of its story,
     unless a second writer (a poller whose lease lapsed, `storywire cluster --database` on the
     live database) committed it late under a lower id after a digest went past a higher one:
-    then the watermark says it was sent, and it never would be. Call after the matches' stories
-    were updated: on PostgreSQL that holds their rows, which a digest takes before it reads
-    (bot.digests.queue), so a digest either ran before and its watermark is read here, or runs
-    after and sends the article itself."""
-    if not article_ids:
-        return 0
-    session.flush()
-    late = session.execute(
-        sa.select(Follow.id, Article.id)
-        .join(Follow, col(Follow.story_id) == col(Article.story_id))
-        .where(col(Article.id).in_(list(article_ids)))
-        .where(col(Article.id) <= col(Follow.last_digested_article_id))
-        .where(
-            ~sa.exists().where(
-                col(FollowBacklog.follow_id) == col(Follow.id),
-                col(FollowBacklog.article_id) == col(Article.id),
-            )
-        )  # a merge in the same batch owed it already
-        .order_by(col(Follow.id), col(Article.id))
+    then the watermark says it was sent, and it never would be.
+    - Called before any merge moves the article: a merge then carries the backlog along with
+      the follows, and applies its own rules to the survivor's followers (merge_stories).
+    - The story's row is locked first, as a digest locks it before it reads (bot.digests.queue):
+      a digest either ran before, and its watermark is read here, or runs after this commits
+      and sends the article itself.
+    - A follow ended meanwhile (a keyword unfollow does not take the story's lock) is owed
+      nothing: its backlog insert fails alone, in a savepoint, not the whole matching batch."""
+    lock_rows(session, Story.__table__, [story_id])  # type: ignore[arg-type]
+    late = session.exec(
+        select(Follow.id)
+        .where(Follow.story_id == story_id)
+        .where(col(Follow.last_digested_article_id) >= article_id)
+        .order_by(col(Follow.id))
     ).all()
-    owe_articles(((f, a) for f, a in late), session=session, now=now)
-    return len(late)
+    owed = 0
+    for follow_id in late:
+        try:
+            with session.begin_nested():
+                owe_articles([(follow_id, article_id)], session=session, now=now)  # type: ignore[list-item]
+            owed += 1
+        except IntegrityError:
+            log.info("follow %s ended while article %d was owed to it", follow_id, article_id)
+    return owed
 
 
 def opt_out(chat_id: int, story_id: int, *, session: Session, now: datetime) -> None:

@@ -72,6 +72,7 @@ __all__ = [
     "Merge",
     "StoryMatcher",
     "StorySnapshot",
+    "SUMMARY_SAMPLE",
 ]
 
 
@@ -164,6 +165,10 @@ class _Story:
     central: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
+# summaries weighed for what feeds repeat in all of them (see _Boilerplate)
+SUMMARY_SAMPLE = 1000
+
+
 class _Boilerplate:
     """What feeds repeat in their summaries whatever the story ("The post ... appeared first on
     Example.", "Continue reading", "Get the latest Example headlines delivered daily.").
@@ -171,24 +176,31 @@ class _Boilerplate:
     Such words are in every article of an outlet, or of every outlet on one publishing platform,
     and rare in the headlines, so as evidence they would pull unrelated stories together. Two
     kinds are cut from a summary before it is weighed:
-    - The outlet's own: a run of `MIN_RUN` or more words that opens or closes this summary and one
-      of the outlet's last `MEMORY`, and the words of the outlet's name.
+    - The outlet's own: a run of `MIN_RUN` or more words that opens or closes this summary and
+      one of the outlet's last `MEMORY`, and the outlet's name's words within `NAME_EDGE` words
+      of either end ("(Example) -", "appeared first on Example."), where they sign it. An
+      update that repeats the outlet's last lead word for word loses it too: one summary
+      cannot tell a lead from a template, and a wrong join costs more than a lost clue.
     - Anyone's: a word in at least `SHARE` of the last `WINDOW` summaries (and `MIN_COUNT` of
-      them) but in no more than a `TITLE_RATIO` of their headlines. A word of a big story is in
-      its headlines as well as its summaries, so it stays.
+      them) but in no more than a `TITLE_RATIO` of their headlines: a platform's template,
+      which no story's coverage fills so much of.
     Cutting a few words by mistake costs little, since summary words weigh summary_weight.
-    Bounded: the outlets seen least recently are forgotten past `MAX_OUTLETS`."""
+    Bounded: an outlet's summaries are kept as their first and last `EDGE` words, and the
+    outlets seen least recently are forgotten past `MAX_OUTLETS`."""
 
     MEMORY = 4
     MIN_RUN = 2
+    EDGE = 24
+    NAME_EDGE = 8
     MAX_OUTLETS = 4096
-    WINDOW = 1000
-    SHARE = 0.02
+    WINDOW = SUMMARY_SAMPLE
+    SHARE = 0.1
     MIN_COUNT = 3
-    TITLE_RATIO = 0.25
+    TITLE_RATIO = 0.1
 
     def __init__(self) -> None:
-        self._recent: dict[str, list[tuple[str, ...]]] = {}
+        # outlet -> its last summaries as (first EDGE words, last EDGE words reversed)
+        self._recent: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
         self._window: collections.deque[tuple[frozenset[str], frozenset[str]]] = collections.deque()
         self._in_summaries: collections.Counter[str] = collections.Counter()
         self._in_titles: collections.Counter[str] = collections.Counter()
@@ -205,28 +217,30 @@ class _Boilerplate:
 
     def strip(self, outlet: str, words: list[str], source: str) -> list[str]:
         """The summary's words without boilerplate; reads, does not remember."""
+        name = frozenset(text_tokens(source)) if source else frozenset()
         head = tail = 0
-        for earlier in self._recent.get(outlet, ()):
-            n = min(len(words), len(earlier))
-            run = 0
-            while run < n and words[run] == earlier[run]:
-                run += 1
+        backwards = words[::-1]
+        for first, last in self._recent.get(outlet, ()):
+            run = _common_run(words, first)
             if run >= self.MIN_RUN:
                 head = max(head, run)
-            run = 0
-            while run < n and words[-1 - run] == earlier[-1 - run]:
-                run += 1
+            run = _common_run(backwards, last)
             if run >= self.MIN_RUN:
                 tail = max(tail, run)
-        body = words[head : max(head, len(words) - tail)]
-        name = set(text_tokens(source)) if source else set()
+        end, edge = max(head, len(words) - tail), len(words) - self.NAME_EDGE
+        # the outlet's name near either end signs the summary ("(Example) -", "appeared first
+        # on Example."); elsewhere it may be news ("Boston" in the Boston Globe's)
+        body = [
+            w
+            for i, w in enumerate(words[head:end], head)
+            if w not in name or self.NAME_EDGE <= i < edge
+        ]
         common = max(self.MIN_COUNT, self.SHARE * len(self._window))
         in_summaries, in_titles = self._in_summaries, self._in_titles
         return [
             w
             for w in body
-            if w not in name
-            and (in_summaries[w] < common or in_titles[w] > self.TITLE_RATIO * in_summaries[w])
+            if in_summaries[w] < common or in_titles[w] > self.TITLE_RATIO * in_summaries[w]
         ]
 
     def remember(self, outlet: str, words: list[str], title: tuple[str, ...]) -> None:
@@ -251,9 +265,23 @@ class _Boilerplate:
             recent = []
             if len(self._recent) >= self.MAX_OUTLETS:
                 del self._recent[next(iter(self._recent))]
-        recent.append(tuple(words))
+        edge = self.EDGE
+        words = [
+            sys.intern(w)
+            for w in (words if len(words) <= 2 * edge else words[:edge] + words[-edge:])
+        ]
+        recent.append((tuple(words[:edge]), tuple(words[::-1][:edge])))
         del recent[: -self.MEMORY]
         self._recent[outlet] = recent
+
+
+def _common_run(words: list[str], earlier: tuple[str, ...]) -> int:
+    """How many words `words` and `earlier` open with alike."""
+    n = min(len(words), len(earlier))
+    run = 0
+    while run < n and words[run] == earlier[run]:
+        run += 1
+    return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +372,15 @@ class StoryMatcher:
             words = tuple(map(sys.intern, text_tokens(article.title)))
             self._consider_headline(story, article.title, words)
         return self._snapshot(story)
+
+    def learn(self, article: ArticleText) -> None:
+        """Take in an article's summary as a sample of what feeds repeat (see _Boilerplate)
+        without matching it: a rebuild feeds it the summaries of stories no longer active, which
+        the live matcher learned from too."""
+        if article.summary:
+            title = tuple(text_tokens(strip_title(article.title, article.source)))
+            words = text_tokens(article.summary[:600])
+            self._boilerplate.remember(_Boilerplate.outlet(article), words, title)
 
     def assign(
         self, article: ArticleText, new_story_id: Callable[[], int] | None = None

@@ -20,15 +20,21 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from bot.stories.matcher import (
+    SUMMARY_SAMPLE,
     ArticleText,
     MatcherConfig,
     Merge,
     StoryMatcher,
     StorySnapshot,
 )
-from store.articles import articles_since, assign_article, unassigned_articles
+from store.articles import (
+    articles_since,
+    assign_article,
+    summaries_before,
+    unassigned_articles,
+)
 from store.db import session_scope
-from store.follows import owe_late_matches
+from store.follows import followed_story_ids, owe_late_match
 from store.models import Article, Story
 from store.stories import create_story, get_story, merge_stories, update_story
 
@@ -124,6 +130,8 @@ class StoryService:
                     since = latest - config.window
                 except OverflowError:  # every assigned article is dated near year 1
                     since = datetime.min.replace(tzinfo=UTC)
+                for article in summaries_before(session=session, since=since, limit=SUMMARY_SAMPLE):
+                    matcher.learn(article_text(article))
                 for article in articles_since(session=session, since=since):
                     matcher.add(article.story_id, article_text(article))  # type: ignore[arg-type]
                     # the second looks given live after this article are not given again
@@ -149,13 +157,10 @@ class StoryService:
         try:
             with session_scope(self._engine) as session:
                 articles = unassigned_articles(session=session, limit=batch_size)
-                done = [self._assign(article, session=session) for article in articles]
-                owed = owe_late_matches(
-                    [a.article_id for a in done], session=session, now=self._clock()
-                )
-                if owed:
-                    log.warning("%d articles matched late under lower ids; owed to followers", owed)
-                return done
+                # stories with followers, who may be owed an article matched late (see
+                # owe_late_match); read once a batch, and kept up as merges move follows
+                followed = followed_story_ids(session=session) if articles else set()
+                return [self._assign(article, followed, session=session) for article in articles]
         except _Superseded as exc:
             # Another instance matched while this one's lease had run out: its stories are in
             # the database, not in this memory. Drop the batch (rolled back) and catch up.
@@ -168,7 +173,7 @@ class StoryService:
             self.rebuild()
             raise
 
-    def _assign(self, article: Article, *, session: Session) -> StoryAssignment:
+    def _assign(self, article: Article, followed: set[int], *, session: Session) -> StoryAssignment:
         text = article_text(article)
         now = self._clock()
         found = self._matcher.match(text)
@@ -183,16 +188,27 @@ class StoryService:
         snapshot: StorySnapshot = self._matcher.add(story.id, text)  # type: ignore[arg-type]
         if not assign_article(article.id, story.id, session=session):  # type: ignore[arg-type]
             raise _Superseded(article.id)  # type: ignore[arg-type]
+        # A story new in this transaction has no followers yet. A follow made during the batch on
+        # a story without any is not looked at: it misses this article only if the article is
+        # late as well (a second writer's), and only in the seconds the batch takes.
+        if story.id in followed and owe_late_match(article.id, story.id, session=session, now=now):  # type: ignore[arg-type]
+            log.warning(
+                "article %d was matched late, under a lower id than followers were sent", article.id
+            )
         merged: tuple[int, ...] = ()
         merges: list[tuple[int, int]] = []
         merge = self._matcher.settle(story.id)  # type: ignore[arg-type]
         if merge is not None:
             is_new = is_new and merge.survivor == story.id  # a new story that absorbed another
             story = self._apply(merge, session=session, now=now)
+            if merge.absorbed in followed:  # the follows moved with the articles
+                followed.add(merge.survivor)
             snapshot, merged = merge.snapshot, (merge.absorbed,)
             merges.append((merge.absorbed, merge.survivor))
         _update(story, snapshot, session=session, now=now)
         for later in self._matcher.revisit(look_clock(article)):
+            if later.absorbed in followed:
+                followed.add(later.survivor)
             _update(
                 self._apply(later, session=session, now=now),
                 later.snapshot,
