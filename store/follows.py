@@ -96,14 +96,50 @@ def owe_late_match(article_id: int, story_id: int, *, session: Session, now: dat
         .where(col(Follow.last_digested_article_id) >= article_id)
         .order_by(col(Follow.id))
     ).all()
+    return _owe_each([(f, article_id) for f in late], session=session, now=now)  # type: ignore[misc]
+
+
+def story_follow_ids(story_id: int, *, session: Session) -> list[int]:
+    return list(session.exec(select(Follow.id).where(Follow.story_id == story_id)).all())  # type: ignore[arg-type]
+
+
+def owe_late_matches_to(
+    follow_ids: Sequence[int], article_ids: Sequence[int], *, session: Session, now: datetime
+) -> int:
+    """owe_late_match for follows a merge just moved onto the story of articles matched earlier
+    in the same transaction: when those articles were matched, the follows were on the other
+    story, so nothing owed them these. Returns how many were owed."""
+    if not follow_ids or not article_ids:
+        return 0
+    late = session.execute(
+        sa.select(Follow.id, Article.id)
+        .join(Article, col(Article.story_id) == col(Follow.story_id))
+        .where(col(Follow.id).in_(list(follow_ids)))
+        .where(col(Article.id).in_(list(article_ids)))
+        .where(col(Article.id) <= col(Follow.last_digested_article_id))
+        .where(
+            ~sa.exists().where(
+                col(FollowBacklog.follow_id) == col(Follow.id),
+                col(FollowBacklog.article_id) == col(Article.id),
+            )
+        )
+        .order_by(col(Follow.id), col(Article.id))
+    ).all()
+    return _owe_each([(f, a) for f, a in late], session=session, now=now)
+
+
+def _owe_each(pairs: Sequence[tuple[int, int]], *, session: Session, now: datetime) -> int:
+    """owe_articles one pair at a time, each in a savepoint: a follow ended meanwhile by a
+    writer that does not lock the story (a keyword unfollow) fails its own insert, not the
+    caller's transaction."""
     owed = 0
-    for follow_id in late:
+    for follow_id, article_id in pairs:
         try:
             with session.begin_nested():
-                owe_articles([(follow_id, article_id)], session=session, now=now)  # type: ignore[list-item]
+                owe_articles([(follow_id, article_id)], session=session, now=now)
             owed += 1
         except IntegrityError:
-            log.info("follow %s ended while article %d was owed to it", follow_id, article_id)
+            log.info("follow %d ended while article %d was owed to it", follow_id, article_id)
     return owed
 
 

@@ -185,8 +185,9 @@ class _Boilerplate:
       them) but in no more than a `TITLE_RATIO` of their headlines: a platform's template,
       which no story's coverage fills so much of.
     Cutting a few words by mistake costs little, since summary words weigh summary_weight.
-    Bounded: an outlet's summaries are kept as their first and last `EDGE` words, and the
-    outlets seen least recently are forgotten past `MAX_OUTLETS`."""
+    Bounded: an outlet's summaries are kept as their first and last `EDGE` words (and a hash
+    of all, for a repeat of a longer one), and the outlets seen least recently are forgotten
+    past `MAX_OUTLETS`."""
 
     MEMORY = 4
     MIN_RUN = 2
@@ -199,8 +200,8 @@ class _Boilerplate:
     TITLE_RATIO = 0.1
 
     def __init__(self) -> None:
-        # outlet -> its last summaries as (first EDGE words, last EDGE words reversed)
-        self._recent: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+        # outlet -> its last summaries as (first EDGE words, last EDGE words reversed, hash of all)
+        self._recent: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {}
         self._window: collections.deque[tuple[frozenset[str], frozenset[str]]] = collections.deque()
         self._in_summaries: collections.Counter[str] = collections.Counter()
         self._in_titles: collections.Counter[str] = collections.Counter()
@@ -220,7 +221,11 @@ class _Boilerplate:
         name = frozenset(text_tokens(source)) if source else frozenset()
         head = tail = 0
         backwards = words[::-1]
-        for first, last in self._recent.get(outlet, ()):
+        whole = hash(tuple(words))
+        for first, last, earlier in self._recent.get(outlet, ()):
+            if earlier == whole:  # all of it again, however long: not only the EDGE words
+                head = len(words)
+                break
             run = _common_run(words, first)
             if run >= self.MIN_RUN:
                 head = max(head, run)
@@ -265,12 +270,12 @@ class _Boilerplate:
             recent = []
             if len(self._recent) >= self.MAX_OUTLETS:
                 del self._recent[next(iter(self._recent))]
-        edge = self.EDGE
+        edge, whole = self.EDGE, hash(tuple(words))
         words = [
             sys.intern(w)
             for w in (words if len(words) <= 2 * edge else words[:edge] + words[-edge:])
         ]
-        recent.append((tuple(words[:edge]), tuple(words[::-1][:edge])))
+        recent.append((tuple(words[:edge]), tuple(words[::-1][:edge]), whole))
         del recent[: -self.MEMORY]
         self._recent[outlet] = recent
 

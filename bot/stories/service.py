@@ -34,7 +34,12 @@ from store.articles import (
     unassigned_articles,
 )
 from store.db import session_scope
-from store.follows import followed_story_ids, owe_late_match
+from store.follows import (
+    followed_story_ids,
+    owe_late_match,
+    owe_late_matches_to,
+    story_follow_ids,
+)
 from store.models import Article, Story
 from store.stories import create_story, get_story, merge_stories, update_story
 
@@ -160,7 +165,11 @@ class StoryService:
                 # stories with followers, who may be owed an article matched late (see
                 # owe_late_match); read once a batch, and kept up as merges move follows
                 followed = followed_story_ids(session=session) if articles else set()
-                return [self._assign(article, followed, session=session) for article in articles]
+                matched: list[int] = []  # this batch's articles so far
+                return [
+                    self._assign(article, followed, matched, session=session)
+                    for article in articles
+                ]
         except _Superseded as exc:
             # Another instance matched while this one's lease had run out: its stories are in
             # the database, not in this memory. Drop the batch (rolled back) and catch up.
@@ -173,7 +182,9 @@ class StoryService:
             self.rebuild()
             raise
 
-    def _assign(self, article: Article, followed: set[int], *, session: Session) -> StoryAssignment:
+    def _assign(
+        self, article: Article, followed: set[int], matched: list[int], *, session: Session
+    ) -> StoryAssignment:
         text = article_text(article)
         now = self._clock()
         found = self._matcher.match(text)
@@ -188,6 +199,7 @@ class StoryService:
         snapshot: StorySnapshot = self._matcher.add(story.id, text)  # type: ignore[arg-type]
         if not assign_article(article.id, story.id, session=session):  # type: ignore[arg-type]
             raise _Superseded(article.id)  # type: ignore[arg-type]
+        matched.append(article.id)  # type: ignore[arg-type]
         # A story new in this transaction has no followers yet. A follow made during the batch on
         # a story without any is not looked at: it misses this article only if the article is
         # late as well (a second writer's), and only in the seconds the batch takes.
@@ -200,17 +212,13 @@ class StoryService:
         merge = self._matcher.settle(story.id)  # type: ignore[arg-type]
         if merge is not None:
             is_new = is_new and merge.survivor == story.id  # a new story that absorbed another
-            story = self._apply(merge, session=session, now=now)
-            if merge.absorbed in followed:  # the follows moved with the articles
-                followed.add(merge.survivor)
+            story = self._apply(merge, followed, matched, session=session, now=now)
             snapshot, merged = merge.snapshot, (merge.absorbed,)
             merges.append((merge.absorbed, merge.survivor))
         _update(story, snapshot, session=session, now=now)
         for later in self._matcher.revisit(look_clock(article)):
-            if later.absorbed in followed:
-                followed.add(later.survivor)
             _update(
-                self._apply(later, session=session, now=now),
+                self._apply(later, followed, matched, session=session, now=now),
                 later.snapshot,
                 session=session,
                 now=now,
@@ -219,8 +227,22 @@ class StoryService:
         return StoryAssignment(article.id, story.id, is_new, merged, tuple(merges))  # type: ignore[arg-type]
 
     @staticmethod
-    def _apply(merge: Merge, *, session: Session, now: datetime) -> Story:
+    def _apply(
+        merge: Merge, followed: set[int], matched: list[int], *, session: Session, now: datetime
+    ) -> Story:
+        """Merge in the database; the absorbed story's follows, which move to the survivor, are
+        then owed the batch's late articles there (see owe_late_matches_to)."""
+        moving = (
+            story_follow_ids(merge.absorbed, session=session) if merge.absorbed in followed else []
+        )
         merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
+        if moving:
+            followed.add(merge.survivor)
+            if owe_late_matches_to(moving, matched, session=session, now=now):
+                log.warning(
+                    "articles matched late were owed to follows merged into story %d",
+                    merge.survivor,
+                )
         log.debug("story %d merged into story %d", merge.absorbed, merge.survivor)
         survivor = get_story(merge.survivor, session=session)
         assert survivor is not None, "the matcher only knows stories the database has"

@@ -826,3 +826,35 @@ def test_a_late_article_owed_to_a_follow_of_its_story_is_still_owed_after_a_merg
     with session_scope(engine) as session:
         [pending] = pending_follows(session=session, now=T0)
     assert (pending.story_id, pending.owed) == (survivor, (50,))
+
+
+@pytest.mark.parametrize("article_id", [150, 50], ids=["in-order", "late"])
+def test_an_article_in_a_story_that_then_absorbs_a_followed_one_is_sent(
+    engine, monkeypatch, article_id
+):
+    """The follow moves to the survivor from its own watermark (100): a late article (50) put
+    in the survivor just before was checked against the survivor's follows, none then, and
+    was lost. (Found in review; the matcher's decisions are forced.)"""
+    from bot.stories.matcher import Merge, StorySnapshot
+
+    survivor = _matched_under_id(engine, 90, "Bitcoin exchange goes dark")  # nobody follows it
+    followed = _matched_under_id(engine, 100, "Mt Gox files for bankruptcy protection in Tokyo")
+    assert svc.follow_story_id(engine, CHAT, followed, now=T0).created  # watermark 100
+    _late_article(engine, article_id)
+    service = StoryService.open(engine, clock=lambda: T0, rebuild=False)
+    matcher = service.matcher
+    snapshot = StorySnapshot(survivor, "Bitcoin exchange goes dark", 3, 2, T0, T0)
+    monkeypatch.setattr(matcher, "match", lambda text: (survivor, 1.0))
+    monkeypatch.setattr(matcher, "add", lambda story_id, text: snapshot)
+    monkeypatch.setattr(matcher, "settle", lambda story_id: Merge(followed, survivor, snapshot))
+    monkeypatch.setattr(matcher, "revisit", lambda clock: ())
+    [done] = service.assign_pending()
+    assert done.merges == ((followed, survivor),)
+    with session_scope(engine) as session:
+        [pending] = pending_follows(session=session, now=T0)
+    assert pending.story_id == survivor
+    sent = {
+        *pending.owed,
+        *([pending.newest_article_id] if pending.newest_article_id > 100 else []),
+    }
+    assert article_id in sent

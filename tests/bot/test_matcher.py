@@ -418,3 +418,10 @@ def test_boilerplate_memory_stays_bounded_over_a_long_stream():
     memory = m._boilerplate  # noqa: SLF001 - what the bound is about
     assert len(memory._recent) <= memory.MAX_OUTLETS  # noqa: SLF001
     assert len(memory._in_summaries) <= 3 * memory.WINDOW  # noqa: SLF001
+
+
+def test_a_long_summary_an_outlet_repeats_whole_does_not_pull_its_stories_together():
+    # longer than the words kept of each end of an outlet's summaries
+    tagline = " ".join(f"Zorblat{i}" for i in range(60))
+    articles = [art(t, i * 7, "Daily Planet", tagline) for i, t in enumerate(_UNRELATED)]
+    assert _stories(StoryMatcher(), articles) == len(_UNRELATED)
