@@ -99,10 +99,6 @@ def owe_late_match(article_id: int, story_id: int, *, session: Session, now: dat
     return _owe_each([(f, article_id) for f in late], session=session, now=now)  # type: ignore[misc]
 
 
-def story_follow_ids(story_id: int, *, session: Session) -> list[int]:
-    return list(session.exec(select(Follow.id).where(Follow.story_id == story_id)).all())  # type: ignore[arg-type]
-
-
 def owe_late_matches_to(
     follow_ids: Sequence[int], article_ids: Sequence[int], *, session: Session, now: datetime
 ) -> int:

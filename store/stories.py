@@ -99,7 +99,9 @@ def merged_story_ids(story_id: int, *, session: Session) -> list[int]:
     return list(session.exec(select(Story.id).where(Story.merged_into_id == story_id)))  # type: ignore[arg-type]
 
 
-def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: datetime) -> None:
+def merge_stories(
+    absorbed_id: int, survivor_id: int, *, session: Session, now: datetime
+) -> list[int]:
     """Move the absorbed story's articles and follows to the survivor, in the caller's transaction.
 
     Every follow on the survivor afterwards is owed exactly what it had not been sent, and nothing
@@ -116,6 +118,8 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     The absorbed row stays, pointing at the survivor, so old buttons and `/story` ids keep working.
     The moved articles take the transaction's match number (store.articles.match_seq), so the
     steps that follow the matches (the keyword step) see the survivor changed.
+    Returns the ids of the follows moved onto the survivor, read under the stories' locks, so a
+    follow made on the absorbed story up to the merge is among them.
     """
     session.flush()
     # taken before the stories' locks, as matching takes it before its writes: one order
@@ -138,8 +142,14 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
     follows = session.exec(locked).all()
     kept = {f.chat_id: f for f in follows if f.story_id == survivor_id}
     owed = _owed_after_merge(
-        session, survivor_id, absorbed_id, kept, [f for f in follows if f.story_id == absorbed_id]
+        session,
+        survivor_id,
+        absorbed_id,
+        kept,
+        [f for f in follows if f.story_id == absorbed_id],
+        seq,
     )
+    moved: list[int] = []
     session.execute(
         sa.update(Article)
         .where(col(Article.story_id) == absorbed_id)
@@ -150,6 +160,7 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
             continue
         survivor_follow = kept.get(follow.chat_id)
         if survivor_follow is None:
+            moved.append(follow.id)  # type: ignore[arg-type]
             follow.story_id = survivor_id
             session.add(follow)
             continue
@@ -179,6 +190,7 @@ def merge_stories(absorbed_id: int, survivor_id: int, *, session: Session, now: 
         absorbed.updated_at = now
         session.add(absorbed)
     session.flush()
+    return moved
 
 
 def _owed_after_merge(
@@ -187,12 +199,15 @@ def _owed_after_merge(
     absorbed_id: int,
     kept: dict[int, Follow],
     moving: Sequence[Follow],
+    seq: int,
 ) -> set[tuple[int, int]]:
     """(follow id, article id) for each article below the kept follow's watermark after the
     merge that its chat was never sent (see merge_stories), read before the articles move.
 
     A chat that followed only the survivor is owed the absorbed articles that came while it
-    followed (a follow starts from now: what came before is history, not news), unless it
+    followed (a follow starts from now: what came before is history, not news), and those first
+    matched in this transaction (`seq`): an article matched late under a lower id, which would
+    have been owed had it joined the survivor directly (see store.follows.owe_late_match), unless it
     unfollowed the absorbed story (it was sent some of them, and asked for no more); at most
     MAX_OWED_PER_MERGE of them, the newest, as a digest shows no more. The reads are one for
     each story, not one for each follower."""
@@ -204,7 +219,7 @@ def _owed_after_merge(
     owed: set[tuple[int, int]] = set()
     highest = max(f.last_digested_article_id for f in kept.values())
     absorbed = session.execute(
-        sa.select(Article.id, Article.fetched_at)
+        sa.select(Article.id, Article.fetched_at, Article.first_match_seq)
         .where(col(Article.story_id) == absorbed_id)
         .where(col(Article.id) <= highest)
         .order_by(col(Article.id))
@@ -218,8 +233,10 @@ def _owed_after_merge(
                 continue
             news = [
                 a
-                for a, fetched in absorbed
-                if a <= follow.last_digested_article_id and fetched >= follow.created_at
+                for a, fetched, first in absorbed
+                # first matched in this transaction: news to every follower, however late
+                if a <= follow.last_digested_article_id
+                and (fetched >= follow.created_at or first == seq)
             ]
             owed.update((follow.id, a) for a in news[-MAX_OWED_PER_MERGE:])  # type: ignore[misc]
     if both:
@@ -235,7 +252,7 @@ def _owed_after_merge(
                 .order_by(col(Article.id))
             ).all()
         )
-        absorbed_ids = [a for a, _ in absorbed]
+        absorbed_ids = [a for a, _, _ in absorbed]
         for chat_id, other in both.items():
             follow = kept[chat_id]
             mark = follow.last_digested_article_id

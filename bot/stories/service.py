@@ -38,7 +38,6 @@ from store.follows import (
     followed_story_ids,
     owe_late_match,
     owe_late_matches_to,
-    story_follow_ids,
 )
 from store.models import Article, Story
 from store.stories import create_story, get_story, merge_stories, update_story
@@ -232,10 +231,8 @@ class StoryService:
     ) -> Story:
         """Merge in the database; the absorbed story's follows, which move to the survivor, are
         then owed the batch's late articles there (see owe_late_matches_to)."""
-        moving = (
-            story_follow_ids(merge.absorbed, session=session) if merge.absorbed in followed else []
-        )
-        merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
+        # read under the merge's locks: a follow made meanwhile moves, and is owed, too
+        moving = merge_stories(merge.absorbed, merge.survivor, session=session, now=now)
         if moving:
             followed.add(merge.survivor)
             if owe_late_matches_to(moving, matched, session=session, now=now):
