@@ -185,13 +185,12 @@ class _Boilerplate:
       them) but in no more than a `TITLE_RATIO` of their headlines: a platform's template,
       which no story's coverage fills so much of.
     Cutting a few words by mistake costs little, since summary words weigh summary_weight.
-    Bounded: an outlet's summaries are kept as their first and last `EDGE` words (and a hash
-    of all, for a repeat of a longer one), and the outlets seen least recently are forgotten
-    past `MAX_OUTLETS`."""
+    Bounded: an outlet's summaries are kept whole (their words, interned; a summary is read
+    only to its first 600 characters), so a template longer than any fixed edge around each
+    lead is cut whole too; the outlets seen least recently are forgotten past `MAX_OUTLETS`."""
 
     MEMORY = 4
     MIN_RUN = 2
-    EDGE = 24
     NAME_EDGE = 8
     MAX_OUTLETS = 4096
     WINDOW = SUMMARY_SAMPLE
@@ -200,8 +199,8 @@ class _Boilerplate:
     TITLE_RATIO = 0.1
 
     def __init__(self) -> None:
-        # outlet -> its last summaries as (first EDGE words, last EDGE words reversed, hash of all)
-        self._recent: dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]] = {}
+        # outlet -> its last summaries' words
+        self._recent: dict[str, list[tuple[str, ...]]] = {}
         self._window: collections.deque[tuple[frozenset[str], frozenset[str]]] = collections.deque()
         self._in_summaries: collections.Counter[str] = collections.Counter()
         self._in_titles: collections.Counter[str] = collections.Counter()
@@ -220,16 +219,11 @@ class _Boilerplate:
         """The summary's words without boilerplate; reads, does not remember."""
         name = frozenset(text_tokens(source)) if source else frozenset()
         head = tail = 0
-        backwards = words[::-1]
-        whole = hash(tuple(words))
-        for first, last, earlier in self._recent.get(outlet, ()):
-            if earlier == whole:  # all of it again, however long: not only the EDGE words
-                head = len(words)
-                break
-            run = _common_run(words, first)
+        for earlier in self._recent.get(outlet, ()):
+            run = _common_run(words, earlier)
             if run >= self.MIN_RUN:
                 head = max(head, run)
-            run = _common_run(backwards, last)
+            run = _common_run(words, earlier, backwards=True)
             if run >= self.MIN_RUN:
                 tail = max(tail, run)
         end, edge = max(head, len(words) - tail), len(words) - self.NAME_EDGE
@@ -270,20 +264,19 @@ class _Boilerplate:
             recent = []
             if len(self._recent) >= self.MAX_OUTLETS:
                 del self._recent[next(iter(self._recent))]
-        edge, whole = self.EDGE, hash(tuple(words))
-        words = [
-            sys.intern(w)
-            for w in (words if len(words) <= 2 * edge else words[:edge] + words[-edge:])
-        ]
-        recent.append((tuple(words[:edge]), tuple(words[::-1][:edge]), whole))
+        recent.append(tuple(map(sys.intern, words)))
         del recent[: -self.MEMORY]
         self._recent[outlet] = recent
 
 
-def _common_run(words: list[str], earlier: tuple[str, ...]) -> int:
-    """How many words `words` and `earlier` open with alike."""
+def _common_run(words: list[str], earlier: tuple[str, ...], *, backwards: bool = False) -> int:
+    """How many words `words` and `earlier` open (or, backwards, close) with alike."""
     n = min(len(words), len(earlier))
     run = 0
+    if backwards:
+        while run < n and words[-1 - run] == earlier[-1 - run]:
+            run += 1
+        return run
     while run < n and words[run] == earlier[run]:
         run += 1
     return run

@@ -420,8 +420,31 @@ def test_boilerplate_memory_stays_bounded_over_a_long_stream():
     assert len(memory._in_summaries) <= 3 * memory.WINDOW  # noqa: SLF001
 
 
-def test_a_long_summary_an_outlet_repeats_whole_does_not_pull_its_stories_together():
-    # longer than the words kept of each end of an outlet's summaries
-    tagline = " ".join(f"Zorblat{i}" for i in range(60))
-    articles = [art(t, i * 7, "Daily Planet", tagline) for i, t in enumerate(_UNRELATED)]
+# an outlet's standing preamble, longer than any fixed number of words kept of each end
+_PREAMBLE = (
+    "Metropolis Daily Planet brings you breaking news, in-depth analysis, exclusive interviews "
+    "and opinion from Metropolis, Gotham and Smallville every day of the year. Sign up for our "
+    "free Planet Morning Briefing newsletter, follow Lois Lane and Jimmy Olsen on Bluesky and "
+    "never miss a Kryptonian scoop again. Download the Planet app for iPhone and Android."
+)
+# (a closing one is compared as far as the 600 characters of a summary read reach)
+_TAGLINE = " ".join(f"Zorblat{i}" for i in range(40))
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        lambda lead: f"{_PREAMBLE} {lead}",
+        lambda lead: f"{_TAGLINE}. {lead}",
+        lambda lead: f"{lead}. {_TAGLINE}",
+        lambda lead: _TAGLINE,
+    ],
+    ids=["preamble", "long-opening", "long-closing", "whole"],
+)
+def test_a_long_template_an_outlet_repeats_does_not_pull_its_stories_together(summary):
+    # found in review: only 24 words of each end were compared, so the middle of a longer
+    # template stayed and tied the outlet's first unrelated stories together
+    articles = [
+        art(t, i * 7, "Daily Planet", summary(f"{t} today.")) for i, t in enumerate(_UNRELATED)
+    ]
     assert _stories(StoryMatcher(), articles) == len(_UNRELATED)
