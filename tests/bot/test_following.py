@@ -828,13 +828,11 @@ def test_a_late_article_owed_to_a_follow_of_its_story_is_still_owed_after_a_merg
     assert (pending.story_id, pending.owed) == (survivor, (50,))
 
 
-@pytest.mark.parametrize("article_id", [150, 50], ids=["in-order", "late"])
-def test_an_article_in_a_story_that_then_absorbs_a_followed_one_is_sent(
-    engine, monkeypatch, article_id
-):
-    """The follow moves to the survivor from its own watermark (100): a late article (50) put
-    in the survivor just before was checked against the survivor's follows, none then, and
-    was lost. (Found in review; the matcher's decisions are forced.)"""
+def _late_article_joins_a_story_that_absorbs_a_followed_one(  # type: ignore[no-untyped-def]
+    engine, monkeypatch, article_id: int = 50
+) -> tuple[StoryService, int, int]:
+    """(service, followed, survivor): the followed story (sent up to article 100) is absorbed
+    by an unfollowed one, which the article joins in the next batch; the matcher is forced."""
     from bot.stories.matcher import Merge, StorySnapshot
 
     survivor = _matched_under_id(engine, 90, "Bitcoin exchange goes dark")  # nobody follows it
@@ -848,6 +846,19 @@ def test_an_article_in_a_story_that_then_absorbs_a_followed_one_is_sent(
     monkeypatch.setattr(matcher, "add", lambda story_id, text: snapshot)
     monkeypatch.setattr(matcher, "settle", lambda story_id: Merge(followed, survivor, snapshot))
     monkeypatch.setattr(matcher, "revisit", lambda clock: ())
+    return service, followed, survivor
+
+
+@pytest.mark.parametrize("article_id", [150, 50], ids=["in-order", "late"])
+def test_an_article_in_a_story_that_then_absorbs_a_followed_one_is_sent(
+    engine, monkeypatch, article_id
+):
+    """The follow moves to the survivor from its own watermark (100): a late article (50) put
+    in the survivor just before was checked against the survivor's follows, none then, and
+    was lost. (Found in review; the matcher's decisions are forced.)"""
+    service, followed, survivor = _late_article_joins_a_story_that_absorbs_a_followed_one(
+        engine, monkeypatch, article_id
+    )
     [done] = service.assign_pending()
     assert done.merges == ((followed, survivor),)
     with session_scope(engine) as session:
@@ -901,23 +912,14 @@ def test_a_follow_made_on_the_absorbed_story_while_the_batch_runs_is_owed_too(en
     if engine.dialect.name != "postgresql":
         pytest.skip("needs two writers at once")
     import bot.stories.service as service_module
-    from bot.stories.matcher import Merge, StorySnapshot
 
     other_chat = CHAT + 1
     svc.record_chat(
         engine, other_chat, type="private", title=None, username="v", now=T0, default_timezone="UTC"
     )
-    survivor = _matched_under_id(engine, 90, "Bitcoin exchange goes dark")  # nobody follows it
-    followed = _matched_under_id(engine, 100, "Mt Gox files for bankruptcy protection in Tokyo")
-    assert svc.follow_story_id(engine, CHAT, followed, now=T0).created  # watermark 100
-    _late_article(engine)
-    service = StoryService.open(engine, clock=lambda: T0, rebuild=False)
-    matcher = service.matcher
-    snapshot = StorySnapshot(survivor, "Bitcoin exchange goes dark", 3, 2, T0, T0)
-    monkeypatch.setattr(matcher, "match", lambda text: (survivor, 1.0))
-    monkeypatch.setattr(matcher, "add", lambda story_id, text: snapshot)
-    monkeypatch.setattr(matcher, "settle", lambda story_id: Merge(followed, survivor, snapshot))
-    monkeypatch.setattr(matcher, "revisit", lambda clock: ())
+    service, followed, survivor = _late_article_joins_a_story_that_absorbs_a_followed_one(
+        engine, monkeypatch
+    )
     real = service_module.merge_stories
 
     def follow_meanwhile(absorbed, survivor, *, session, now):  # type: ignore[no-untyped-def]
