@@ -205,12 +205,12 @@ def _owed_after_merge(
     merge that its chat was never sent (see merge_stories), read before the articles move.
 
     A chat that followed only the survivor is owed the absorbed articles that came while it
-    followed (a follow starts from now: what came before is history, not news), and those first
-    matched in this transaction (`seq`): an article matched late under a lower id, which would
-    have been owed had it joined the survivor directly (see store.follows.owe_late_match), unless it
+    followed (a follow starts from now: what came before is history, not news), unless it
     unfollowed the absorbed story (it was sent some of them, and asked for no more); at most
-    MAX_OWED_PER_MERGE of them, the newest, as a digest shows no more. The reads are one for
-    each story, not one for each follower."""
+    MAX_OWED_PER_MERGE of them, the newest, as a digest shows no more. Articles first matched in
+    this transaction (`seq`) count as having come while it followed: one matched late under a
+    lower id would have been owed had it joined the survivor directly (owe_late_match). The
+    reads are one for each story, not one for each follower."""
     if not kept:
         return set()
     absorbed_marks = {f.chat_id: f.last_digested_article_id for f in moving}
